@@ -1,0 +1,171 @@
+// CPU host wrappers of the fake-quant operators: checks, layout, kernel choice by instruction
+// set, launch. Kernels: fake_quantize_kernels_impl.h. Formulas: csrc/core/fake_quant.h.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/fake_quant.h"
+#include "ops/cpu/fake_quantize_kernels.h"
+#include "ops/fake_quantize_common.h"
+
+namespace torchqat {
+namespace cpu {
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+const FakeQuantKernels& choose_kernels() {
+  const char* env = std::getenv("TORCHQAT_CPU_CAPABILITY");
+  const std::string wanted = env ? env : "";
+  if (wanted == "default") return fake_quant_kernels_default();
+  if (wanted == "avx2") {
+    TORCH_CHECK(cpu_has_avx2(), "TORCHQAT_CPU_CAPABILITY=avx2, but this CPU lacks AVX2/FMA");
+    return fake_quant_kernels_avx2();
+  }
+  if (wanted == "avx512") {
+    TORCH_CHECK(cpu_has_avx512(), "TORCHQAT_CPU_CAPABILITY=avx512, but this CPU lacks AVX-512");
+    return fake_quant_kernels_avx512();
+  }
+  TORCH_CHECK(wanted.empty(), "TORCHQAT_CPU_CAPABILITY must be default, avx2 or avx512, got '",
+              wanted, "'");
+  if (cpu_has_avx512()) return fake_quant_kernels_avx512();
+  if (cpu_has_avx2()) return fake_quant_kernels_avx2();
+  return fake_quant_kernels_default();
+}
+
+// Scale and effective zero point of every channel, as the kernels read them.
+struct HostQParams {
+  std::vector<double> scale;
+  std::vector<double> zero_point;
+  FakeQuantQParams qp;
+
+  HostQParams(const at::Tensor& s, const at::Tensor& z, int64_t quant_min, int64_t quant_max) {
+    const at::Tensor sd = s.detach().to(at::kDouble).contiguous().view(-1);
+    const at::Tensor zd = z.detach().to(at::kDouble).contiguous().view(-1);
+    scale.assign(sd.const_data_ptr<double>(), sd.const_data_ptr<double>() + sd.numel());
+    zero_point.resize(zd.numel());
+    for (int64_t i = 0; i < zd.numel(); ++i) {
+      zero_point[i] = core::effective_zero_point<double>(
+          zd.const_data_ptr<double>()[i], static_cast<double>(quant_min),
+          static_cast<double>(quant_max));
+    }
+    qp = {scale.data(), zero_point.data(), static_cast<double>(quant_min),
+          static_cast<double>(quant_max)};
+  }
+};
+
+FakeQuantShape shape_of(const ops::FakeQuantProblem& p) {
+  return {p.outer, p.channels, p.inner};
+}
+
+at::Tensor forward_impl(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                        const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                        std::optional<int64_t> axis) {
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         axis, at::Tensor());
+  auto out = ops::make_output(input, p);
+  if (p.numel() == 0) return out.out;
+  const HostQParams hq(scale, zero_point, quant_min, quant_max);
+  fake_quant_kernels().forward(p.input.scalar_type(), p.input.const_data_ptr(),
+                               out.work.mutable_data_ptr(), shape_of(p), hq.qp);
+  out.finish();
+  return out.out;
+}
+
+at::Tensor fake_quantize_cpu(const at::Tensor& input, const at::Tensor& scale,
+                             const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                             std::optional<int64_t> axis) {
+  return forward_impl("fake_quantize", input, scale, zero_point, quant_min, quant_max, axis);
+}
+
+at::Tensor fake_quantize_lsq_cpu(const at::Tensor& input, const at::Tensor& scale,
+                                 const at::Tensor& zero_point, int64_t quant_min,
+                                 int64_t quant_max, std::optional<int64_t> axis,
+                                 double grad_factor) {
+  ops::check_grad_factor("fake_quantize_lsq", grad_factor);
+  return forward_impl("fake_quantize_lsq", input, scale, zero_point, quant_min, quant_max, axis);
+}
+
+at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                      const at::Tensor& scale, const at::Tensor& zero_point,
+                                      int64_t quant_min, int64_t quant_max,
+                                      std::optional<int64_t> axis) {
+  const auto p = ops::prepare_fake_quant("fake_quantize_backward", input, scale, zero_point,
+                                         quant_min, quant_max, axis, grad);
+  auto dx = ops::make_output(input, p);
+  if (p.numel() == 0) return dx.out;
+  const HostQParams hq(scale, zero_point, quant_min, quant_max);
+  fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                    p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
+                                    shape_of(p), hq.qp);
+  dx.finish();
+  return dx.out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  const char* op = "fake_quantize_lsq_backward";
+  ops::check_grad_factor(op, grad_factor);
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         axis, grad);
+  auto dx = ops::make_output(input, p);
+  const auto dz_dtype = ops::zero_point_grad_dtype(scale, zero_point);
+  std::vector<double> dscale(p.channels, 0.0), dzero(p.channels, 0.0);
+  if (p.numel() > 0) {
+    const HostQParams hq(scale, zero_point, quant_min, quant_max);
+    fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                      p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
+                                      shape_of(p), hq.qp, dscale.data(), dzero.data());
+    dx.finish();
+  }
+  for (auto& v : dscale) v *= grad_factor;
+  for (auto& v : dzero) v *= grad_factor;
+  const auto as_tensor = [](const std::vector<double>& v, const at::Tensor& like,
+                            at::ScalarType dtype) {
+    return at::tensor(v, at::TensorOptions().dtype(at::kDouble))
+        .to(dtype)
+        .view(like.sizes());
+  };
+  return {dx.out, as_tensor(dscale, scale, scale.scalar_type()),
+          as_tensor(dzero, zero_point, dz_dtype)};
+}
+
+}  // namespace
+
+const FakeQuantKernels& fake_quant_kernels() {
+  static const FakeQuantKernels& chosen = choose_kernels();
+  return chosen;
+}
+
+}  // namespace cpu
+}  // namespace torchqat
+
+TORCH_LIBRARY_IMPL(torchqat, CPU, m) {
+  m.impl("fake_quantize", &torchqat::cpu::fake_quantize_cpu);
+  m.impl("fake_quantize_backward", &torchqat::cpu::fake_quantize_backward_cpu);
+  m.impl("fake_quantize_lsq", &torchqat::cpu::fake_quantize_lsq_cpu);
+  m.impl("fake_quantize_lsq_backward", &torchqat::cpu::fake_quantize_lsq_backward_cpu);
+}

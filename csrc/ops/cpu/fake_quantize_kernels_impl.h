@@ -1,0 +1,358 @@
+// The CPU kernels of the fake-quant operators. Included once per instruction set by
+// fake_quantize_kernels_{default,avx2,avx512}.cpp, each of which first defines CPU_CAPABILITY
+// (the inline namespace at::vec and these kernels live in) and ATen's CPU_CAPABILITY_<ISA>
+// macro, so every copy has its own symbols. Formulas: csrc/core/fake_quant.h.
+//
+// Work is split over flat element ranges of the tensor in memory order, viewed as
+// [outer, channels, inner]. Inside a range the kernels walk segments that share one layout:
+//   inner > 1 or channels == 1: runs of `inner` elements with one scale, broadcast into vectors;
+//   inner == 1 (channels last, or the last axis): runs across channels, parameters loaded as
+//   vectors from per-channel arrays.
+// Each segment is a vector body with a scalar tail; both round half to even.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "core/fake_quant.h"
+#include "ops/cpu/fake_quantize_kernels.h"
+
+#ifndef TORCHQAT_KERNELS_NAME
+#error "define TORCHQAT_KERNELS_NAME before including fake_quantize_kernels_impl.h"
+#endif
+
+namespace torchqat {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements per parallel task: large enough to amortise a task, small enough for two cores to
+// split 1M elements evenly.
+constexpr int64_t kGrain = 32768;
+
+// Half and bfloat16 compute in float32; float64 computes in float64.
+template <typename scalar_t>
+using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+inline Vectorized<T> load_opmath(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    return Vectorized<T>::loadu(p);
+  } else {
+    Vectorized<float> out;
+    at::vec::load_to_float(p, out);
+    return out;
+  }
+}
+
+template <typename scalar_t, typename T = opmath_t<scalar_t>>
+inline void store_opmath(scalar_t* p, const Vectorized<T>& v) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    v.store(p);
+  } else {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, Vectorized<float>::size());
+  }
+}
+
+// Per-channel parameters in the compute type, plus the derived constants the backward needs.
+template <typename T>
+struct Params {
+  std::vector<T> s, inv_s, z, qmin_minus_z, qmax_minus_z, neg_s;
+  T qmin, qmax;
+
+  Params(const FakeQuantQParams& qp, int64_t channels)
+      : qmin(static_cast<T>(qp.quant_min)), qmax(static_cast<T>(qp.quant_max)) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const T sc = static_cast<T>(qp.scale[c]);
+      const T zc = static_cast<T>(qp.zero_point[c]);
+      s.push_back(sc);
+      inv_s.push_back(core::inverse_scale(sc));
+      z.push_back(zc);
+      qmin_minus_z.push_back(qmin - zc);
+      qmax_minus_z.push_back(qmax - zc);
+      neg_s.push_back(-sc);
+    }
+  }
+};
+
+// One channel's (or one vector of channels') parameters as vectors.
+template <typename T>
+struct VecParams {
+  Vectorized<T> s, inv_s, z, qmin, qmax, qmin_minus_z, qmax_minus_z, neg_s;
+
+  // All lanes hold channel c.
+  static VecParams broadcast(const Params<T>& p, int64_t c) {
+    return {Vectorized<T>(p.s[c]),        Vectorized<T>(p.inv_s[c]),
+            Vectorized<T>(p.z[c]),        Vectorized<T>(p.qmin),
+            Vectorized<T>(p.qmax),        Vectorized<T>(p.qmin_minus_z[c]),
+            Vectorized<T>(p.qmax_minus_z[c]), Vectorized<T>(p.neg_s[c])};
+  }
+  // Lane k holds channel c + k.
+  static VecParams gather(const Params<T>& p, int64_t c) {
+    return {Vectorized<T>::loadu(&p.s[c]),        Vectorized<T>::loadu(&p.inv_s[c]),
+            Vectorized<T>::loadu(&p.z[c]),        Vectorized<T>(p.qmin),
+            Vectorized<T>(p.qmax),                Vectorized<T>::loadu(&p.qmin_minus_z[c]),
+            Vectorized<T>::loadu(&p.qmax_minus_z[c]), Vectorized<T>::loadu(&p.neg_s[c])};
+  }
+};
+
+// round_half_even(x * inv_s) + z, the unclamped quantized value.
+template <typename T>
+inline Vectorized<T> unclamped(const Vectorized<T>& x, const VecParams<T>& p) {
+  return (x * p.inv_s).round() + p.z;
+}
+
+template <typename T>
+inline Vectorized<T> fake_quantize_vec(const Vectorized<T>& x, const VecParams<T>& p) {
+  const Vectorized<T> v = unclamped(x, p);
+  // maximum/minimum propagate NaN, so a NaN input stays NaN.
+  const Vectorized<T> q = at::vec::minimum(at::vec::maximum(v, p.qmin), p.qmax);
+  return (q - p.z) * p.s;
+}
+
+template <typename T>
+inline Vectorized<T> inside_mask(const Vectorized<T>& x, const VecParams<T>& p) {
+  const Vectorized<T> v = unclamped(x, p);
+  return (v >= p.qmin) & (v <= p.qmax);  // all bits set where inside; NaN compares false
+}
+
+// The LSQ gradients of one vector of elements: the masks are disjoint, so OR selects.
+template <typename T>
+inline void lsq_vec(const Vectorized<T>& dy, const Vectorized<T>& x, const VecParams<T>& p,
+                    Vectorized<T>& dx, Vectorized<T>& ds, Vectorized<T>& dz) {
+  const Vectorized<T> v = unclamped(x, p);
+  const Vectorized<T> below = v < p.qmin;
+  const Vectorized<T> above = v > p.qmax;
+  const Vectorized<T> inside = (v >= p.qmin) & (v <= p.qmax);
+  const Vectorized<T> y = (v - p.z) * p.s;
+  dx = dy & inside;
+  ds = ((dy * (y - x) * p.inv_s) & inside) | ((dy * p.qmin_minus_z) & below) |
+       ((dy * p.qmax_minus_z) & above);
+  dz = (dy * p.neg_s) & (below | above);
+}
+
+// Calls seg(begin, end, c) for every maximal run inside [begin, end) that shares channel c
+// (broadcast layout), or seg(begin, end, first_channel) for runs across channels (gather layout).
+template <typename Segment>
+inline void for_each_segment(int64_t begin, int64_t end, const FakeQuantShape& sh,
+                             const Segment& seg) {
+  if (sh.inner == 1 && sh.channels > 1) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t c = i % sh.channels;
+      const int64_t stop = std::min(end, i + (sh.channels - c));
+      seg(i, stop, c);
+      i = stop;
+    }
+  } else {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t row = i / sh.inner;
+      const int64_t stop = std::min(end, (row + 1) * sh.inner);
+      seg(i, stop, row % sh.channels);
+      i = stop;
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_typed(const scalar_t* x, scalar_t* y, FakeQuantShape sh, const FakeQuantQParams& qp) {
+  using T = opmath_t<scalar_t>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Params<T> p(qp, sh.channels);
+  const bool gather = sh.inner == 1 && sh.channels > 1;
+  const int64_t numel = sh.outer * sh.channels * sh.inner;
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      int64_t i = b;
+      if (gather) {
+        for (; i + W <= e; i += W, c += W) {
+          store_opmath(y + i, fake_quantize_vec(load_opmath(x + i), VecParams<T>::gather(p, c)));
+        }
+        for (; i < e; ++i, ++c) {
+          y[i] = static_cast<scalar_t>(core::fake_quantize_value<T>(
+              static_cast<T>(x[i]), p.s[c], p.inv_s[c], p.z[c], p.qmin, p.qmax));
+        }
+      } else {
+        const VecParams<T> vp = VecParams<T>::broadcast(p, c);
+        for (; i + W <= e; i += W) store_opmath(y + i, fake_quantize_vec(load_opmath(x + i), vp));
+        for (; i < e; ++i) {
+          y[i] = static_cast<scalar_t>(core::fake_quantize_value<T>(
+              static_cast<T>(x[i]), p.s[c], p.inv_s[c], p.z[c], p.qmin, p.qmax));
+        }
+      }
+    });
+  });
+}
+
+template <typename scalar_t>
+void ste_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, FakeQuantShape sh,
+                        const FakeQuantQParams& qp) {
+  using T = opmath_t<scalar_t>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Params<T> p(qp, sh.channels);
+  const bool gather = sh.inner == 1 && sh.channels > 1;
+  const int64_t numel = sh.outer * sh.channels * sh.inner;
+  auto scalar = [&](int64_t i, int64_t c) {
+    const auto e = core::fake_quantize_element<T>(static_cast<T>(x[i]), p.s[c], p.inv_s[c],
+                                                  p.z[c], p.qmin, p.qmax);
+    dx[i] = e.region == core::Region::kInside ? dy[i] : static_cast<scalar_t>(0);
+  };
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      int64_t i = b;
+      if (gather) {
+        for (; i + W <= e; i += W, c += W) {
+          store_opmath(dx + i, load_opmath(dy + i) & inside_mask(load_opmath(x + i), VecParams<T>::gather(p, c)));
+        }
+        for (; i < e; ++i, ++c) scalar(i, c);
+      } else {
+        const VecParams<T> vp = VecParams<T>::broadcast(p, c);
+        for (; i + W <= e; i += W) store_opmath(dx + i, load_opmath(dy + i) & inside_mask(load_opmath(x + i), vp));
+        for (; i < e; ++i) scalar(i, c);
+      }
+    });
+  });
+}
+
+// One pass: writes dx and reduces the scale and zero-point gradients. Each thread sums into its
+// own per-channel partials (vector lanes in T, flushed into double every block so that sums over
+// millions of elements keep their precision); the partials are added in thread order at the end,
+// so the result is deterministic for a given thread count.
+template <typename scalar_t>
+void lsq_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, FakeQuantShape sh,
+                        const FakeQuantQParams& qp, double* dscale, double* dzero_point) {
+  using T = opmath_t<scalar_t>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  constexpr int64_t kFlush = 4096;  // elements summed in T before moving into double
+  const Params<T> p(qp, sh.channels);
+  const bool gather = sh.inner == 1 && sh.channels > 1;
+  const int64_t C = sh.channels;
+  const int64_t numel = sh.outer * C * sh.inner;
+  const int nthreads = std::max(1, at::get_num_threads());
+  std::vector<double> partial_s(static_cast<size_t>(nthreads) * C, 0.0);
+  std::vector<double> partial_z(static_cast<size_t>(nthreads) * C, 0.0);
+
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    const int tid = std::min(at::get_thread_num(), nthreads - 1);
+    double* ps = partial_s.data() + static_cast<size_t>(tid) * C;
+    double* pz = partial_z.data() + static_cast<size_t>(tid) * C;
+    // Per-lane sums for the gather layout, one slot per channel, flushed with the rows.
+    std::vector<T> lane_s, lane_z;
+    int64_t rows_since_flush = 0;
+    if (gather) {
+      lane_s.assign(C, T(0));
+      lane_z.assign(C, T(0));
+    }
+    auto flush_lanes = [&]() {
+      for (int64_t c = 0; c < C; ++c) {
+        ps[c] += lane_s[c];
+        pz[c] += lane_z[c];
+        lane_s[c] = T(0);
+        lane_z[c] = T(0);
+      }
+      rows_since_flush = 0;
+    };
+    auto scalar = [&](int64_t i, int64_t c, T& acc_s, T& acc_z) {
+      const auto g = core::lsq_element_grad<T>(static_cast<T>(dy[i]), static_cast<T>(x[i]),
+                                               p.s[c], p.inv_s[c], p.z[c], p.qmin, p.qmax);
+      dx[i] = static_cast<scalar_t>(g.dx);
+      acc_s += g.dscale;
+      acc_z += g.dzero_point;
+    };
+
+    for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      int64_t i = b;
+      if (gather) {
+        for (; i + W <= e; i += W, c += W) {
+          Vec vdx, vds, vdz;
+          lsq_vec(load_opmath(dy + i), load_opmath(x + i), VecParams<T>::gather(p, c), vdx, vds, vdz);
+          store_opmath(dx + i, vdx);
+          (Vec::loadu(&lane_s[c]) + vds).store(&lane_s[c]);
+          (Vec::loadu(&lane_z[c]) + vdz).store(&lane_z[c]);
+        }
+        for (; i < e; ++i, ++c) scalar(i, c, lane_s[c], lane_z[c]);
+        if (++rows_since_flush * C >= kFlush) flush_lanes();
+      } else {
+        const VecParams<T> vp = VecParams<T>::broadcast(p, c);
+        while (i < e) {
+          const int64_t block_end = std::min(e, i + kFlush);
+          Vec acc_s(T(0)), acc_z(T(0));
+          for (; i + W <= block_end; i += W) {
+            Vec vdx, vds, vdz;
+            lsq_vec(load_opmath(dy + i), load_opmath(x + i), vp, vdx, vds, vdz);
+            store_opmath(dx + i, vdx);
+            acc_s = acc_s + vds;
+            acc_z = acc_z + vdz;
+          }
+          T tail_s(0), tail_z(0);
+          for (; i < block_end; ++i) scalar(i, c, tail_s, tail_z);
+          ps[c] += static_cast<double>(at::vec::vec_reduce_all<T>(
+                       [](Vec a, Vec b) { return a + b; }, acc_s)) +
+                   tail_s;
+          pz[c] += static_cast<double>(at::vec::vec_reduce_all<T>(
+                       [](Vec a, Vec b) { return a + b; }, acc_z)) +
+                   tail_z;
+        }
+      }
+    });
+    if (gather) flush_lanes();
+  });
+
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0.0, z = 0.0;
+    for (int t = 0; t < nthreads; ++t) {
+      s += partial_s[static_cast<size_t>(t) * C + c];
+      z += partial_z[static_cast<size_t>(t) * C + c];
+    }
+    dscale[c] = s;
+    dzero_point[c] = z;
+  }
+}
+
+void forward(c10::ScalarType dtype, const void* x, void* y, FakeQuantShape sh,
+             FakeQuantQParams qp) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fake_quantize", [&] {
+    forward_typed(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), sh, qp);
+  });
+}
+
+void ste_backward(c10::ScalarType dtype, const void* dy, const void* x, void* dx,
+                  FakeQuantShape sh, FakeQuantQParams qp) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fake_quantize_backward", [&] {
+    ste_backward_typed(static_cast<const scalar_t*>(dy), static_cast<const scalar_t*>(x),
+                       static_cast<scalar_t*>(dx), sh, qp);
+  });
+}
+
+void lsq_backward(c10::ScalarType dtype, const void* dy, const void* x, void* dx,
+                  FakeQuantShape sh, FakeQuantQParams qp, double* dscale, double* dzero_point) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dtype, "fake_quantize_lsq_backward", [&] {
+        lsq_backward_typed(static_cast<const scalar_t*>(dy), static_cast<const scalar_t*>(x),
+                           static_cast<scalar_t*>(dx), sh, qp, dscale, dzero_point);
+      });
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+const FakeQuantKernels& TORCHQAT_KERNELS_NAME() {
+  static const FakeQuantKernels kernels{TORCHQAT_KERNELS_ISA, &CPU_CAPABILITY::forward,
+                                        &CPU_CAPABILITY::ste_backward,
+                                        &CPU_CAPABILITY::lsq_backward};
+  return kernels;
+}
+
+}  // namespace cpu
+}  // namespace torchqat

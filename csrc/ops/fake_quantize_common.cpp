@@ -1,0 +1,167 @@
+#include "ops/fake_quantize_common.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+
+namespace torchqat {
+namespace ops {
+namespace {
+
+bool is_supported_input_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Lays the tensor out so that memory order is [outer, channels, inner] for `axis`.
+// Dense per-tensor inputs keep their strides (element order does not matter there);
+// channels_last inputs quantized along dim 1 keep theirs (channels become innermost).
+void choose_layout(FakeQuantProblem& p, const at::Tensor& input) {
+  if (p.axis < 0) {
+    p.input = input.is_non_overlapping_and_dense() ? input : input.contiguous();
+    p.outer = 1;
+    p.channels = 1;
+    p.inner = input.numel();
+  } else if (input.is_contiguous()) {
+    p.input = input;
+    p.outer = 1;
+    for (int64_t d = 0; d < p.axis; ++d) p.outer *= input.size(d);
+    p.channels = input.size(p.axis);
+    p.inner = 1;
+    for (int64_t d = p.axis + 1; d < input.dim(); ++d) p.inner *= input.size(d);
+  } else if (p.axis == 1 && ((input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                             (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)))) {
+    p.input = input;
+    p.channels = input.size(1);
+    p.outer = p.channels == 0 ? 0 : input.numel() / p.channels;
+    p.inner = 1;
+  } else {
+    FakeQuantProblem dense;
+    dense.axis = p.axis;
+    choose_layout(dense, input.contiguous());
+    p.input = dense.input;
+    p.outer = dense.outer;
+    p.channels = dense.channels;
+    p.inner = dense.inner;
+  }
+  p.copied = !p.input.is_same(input);
+}
+
+std::string shape_string(const at::Tensor& t) {
+  std::ostringstream ss;
+  ss << t.sizes();
+  return ss.str();
+}
+
+// Value checks of scale and zero_point that only the host can make cheaply: CPU tensors only.
+// (CUDA kernels check the same conditions on the device, without a host synchronisation.)
+void check_cpu_values(const char* op, const at::Tensor& scale, const at::Tensor& zero_point,
+                      int64_t quant_min, int64_t quant_max) {
+  const at::Tensor s = scale.detach().to(at::kDouble).contiguous().view(-1);
+  const double* sp = s.const_data_ptr<double>();
+  for (const auto i : c10::irange(s.numel())) {
+    TORCH_CHECK(std::isfinite(sp[i]) && sp[i] > 0.0, op,
+                ": scale must be positive and finite, got ", sp[i],
+                s.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+  }
+  const at::Tensor z = zero_point.detach().to(at::kDouble).contiguous().view(-1);
+  const double* zp = z.const_data_ptr<double>();
+  const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
+  for (const auto i : c10::irange(z.numel())) {
+    TORCH_CHECK(std::isfinite(zp[i]), op, ": zero_point must be finite, got ", zp[i],
+                z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+    TORCH_CHECK(!integral || (zp[i] >= quant_min && zp[i] <= quant_max), op,
+                ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
+                quant_max, "], got ", static_cast<int64_t>(zp[i]),
+                z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+  }
+}
+
+}  // namespace
+
+FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
+                                    const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t quant_min, int64_t quant_max,
+                                    std::optional<int64_t> axis, const at::Tensor& grad) {
+  TORCH_CHECK(is_supported_input_dtype(input.scalar_type()), op,
+              ": input must be float32, float64, float16 or bfloat16, got ",
+              input.scalar_type());
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
+              ": scale must be float32 or float64, got ", scale.scalar_type());
+  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
+                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
+              op, ": zero_point must be an integer, float32 or float64 tensor, got ",
+              zero_point.scalar_type());
+  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be < quant_max, got quant_min=",
+              quant_min, ", quant_max=", quant_max);
+  // 2 to 16 bits, signed or unsigned: every value of the range is exact in float32.
+  TORCH_CHECK(quant_min >= -65536 && quant_max <= 65535 && quant_max - quant_min <= 65535, op,
+              ": [quant_min, quant_max] must span at most 16 bits within [-65536, 65535], got [",
+              quant_min, ", ", quant_max, "]");
+  TORCH_CHECK(scale.device() == input.device(), op, ": scale must be on input's device (",
+              input.device(), "), got ", scale.device());
+  TORCH_CHECK(zero_point.device() == input.device(), op,
+              ": zero_point must be on input's device (", input.device(), "), got ",
+              zero_point.device());
+
+  FakeQuantProblem p;
+  if (axis.has_value()) {
+    const int64_t dim = input.dim();
+    const int64_t a = *axis;
+    TORCH_CHECK(dim > 0 && a >= -dim && a < dim, op, ": axis must be in [", -dim, ", ",
+                dim - 1, "] for a ", dim, "-dimensional input, got axis=", a);
+    p.axis = a < 0 ? a + dim : a;
+    const int64_t channels = input.size(p.axis);
+    TORCH_CHECK(scale.dim() == 1 && scale.numel() == channels, op,
+                ": scale must have shape [", channels, "] (input.size(", p.axis,
+                ")) for per-channel quantization, got shape ", shape_string(scale));
+    TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == channels, op,
+                ": zero_point must have shape [", channels, "] (input.size(", p.axis,
+                ")) for per-channel quantization, got shape ", shape_string(zero_point));
+  } else {
+    TORCH_CHECK(scale.numel() == 1 && scale.dim() <= 1, op,
+                ": scale must hold one element for per-tensor quantization (axis=None), got "
+                "shape ", shape_string(scale));
+    TORCH_CHECK(zero_point.numel() == 1 && zero_point.dim() <= 1, op,
+                ": zero_point must hold one element for per-tensor quantization (axis=None), "
+                "got shape ", shape_string(zero_point));
+  }
+  if (grad.defined()) {
+    TORCH_CHECK(grad.sizes() == input.sizes(), op, ": grad must have input's shape ",
+                shape_string(input), ", got ", shape_string(grad));
+    TORCH_CHECK(grad.scalar_type() == input.scalar_type(), op, ": grad must have input's dtype ",
+                input.scalar_type(), ", got ", grad.scalar_type());
+    TORCH_CHECK(grad.device() == input.device(), op, ": grad must be on input's device (",
+                input.device(), "), got ", grad.device());
+  }
+  if (input.is_cpu()) check_cpu_values(op, scale, zero_point, quant_min, quant_max);
+
+  choose_layout(p, input);
+  if (grad.defined()) {
+    if (grad.strides() == p.input.strides()) {
+      p.grad = grad;
+    } else {
+      p.grad = at::empty_like(p.input);
+      p.grad.copy_(grad);
+    }
+  }
+  return p;
+}
+
+void check_grad_factor(const char* op, double grad_factor) {
+  TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+}
+
+FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem) {
+  at::Tensor out = at::empty_like(caller_input);
+  if (!problem.copied && out.strides() == problem.input.strides()) return {out, out};
+  return {out, at::empty_like(problem.input)};
+}
+
+at::ScalarType zero_point_grad_dtype(const at::Tensor& scale, const at::Tensor& zero_point) {
+  return at::isFloatingType(zero_point.scalar_type()) ? zero_point.scalar_type()
+                                                      : scale.scalar_type();
+}
+
+}  // namespace ops
+}  // namespace torchqat

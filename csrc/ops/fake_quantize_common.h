@@ -1,0 +1,52 @@
+// Host-side argument checking and layout shared by the CPU and CUDA fake-quant wrappers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace torchqat {
+namespace ops {
+
+// One fake-quant call after validation, with its tensors in the layout the kernels read: dense,
+// in memory order viewed as [outer, channels, inner], the scale indexed by the middle coordinate.
+struct FakeQuantProblem {
+  int64_t axis = -1;  // normalised channel axis, -1 for per-tensor
+  int64_t outer = 1;
+  int64_t channels = 1;
+  int64_t inner = 0;
+  at::Tensor input;  // the input itself when its layout allows, else a dense copy
+  at::Tensor grad;   // backward only: the incoming gradient, laid out exactly like `input`
+  bool copied = false;  // `input` is a copy: results must be copied back into the caller's layout
+
+  int64_t numel() const { return outer * channels * inner; }
+};
+
+// Checks what the host knows without reading device memory (dtypes, shapes, devices, the range,
+// the axis) and, for CPU tensors, the values of scale and zero_point. Every message names `op`,
+// the argument and the value. `grad` is undefined for the forward operators.
+FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
+                                    const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t quant_min, int64_t quant_max,
+                                    std::optional<int64_t> axis, const at::Tensor& grad);
+
+void check_grad_factor(const char* op, double grad_factor);
+
+// The output of an element-wise result: empty_like(input) keeps the caller's strides, which is
+// what the fake (meta) implementations promise. `work` is where the kernel writes: the output
+// itself, or a dense temporary when the problem works on a copy.
+struct FakeQuantOutput {
+  at::Tensor out;
+  at::Tensor work;
+  void finish() {
+    if (!work.is_same(out)) out.copy_(work);
+  }
+};
+FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem);
+
+// dtype of the zero-point gradient: zero_point's own when it is floating, else scale's.
+at::ScalarType zero_point_grad_dtype(const at::Tensor& scale, const at::Tensor& zero_point);
+
+}  // namespace ops
+}  // namespace torchqat

@@ -1,0 +1,78 @@
+"""Loads the compiled operator library and registers the fake (meta) implementations that let
+``torch.compile`` and ``torch.export`` trace the operators without running them."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+
+import torch
+
+_LIBRARY_NAME = "_C"
+
+
+def _library_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"{_LIBRARY_NAME}{suffix}"
+        if candidate.exists():
+            return candidate
+    # Editable installs may keep the built library outside the source tree.
+    spec = importlib.util.find_spec(f"torchqat.{_LIBRARY_NAME}")
+    if spec is not None and spec.origin and Path(spec.origin).exists():
+        return Path(spec.origin)
+    raise ImportError(
+        "torchqat: the compiled operator library torchqat._C was not found next to "
+        f"{here}. Build it against the installed torch with "
+        "`pip install --no-build-isolation -e .` (or run `make test`)."
+    )
+
+
+def _load_library() -> Path:
+    path = _library_path()
+    try:
+        torch.ops.load_library(str(path))
+    except OSError as err:  # e.g. built against another torch
+        raise ImportError(
+            f"torchqat: could not load {path} ({err}). It was probably built against a "
+            f"different torch than the installed {torch.__version__}; rebuild with "
+            "`pip install --no-build-isolation -e .`."
+        ) from err
+    return path
+
+
+LIBRARY_PATH = _load_library()
+
+
+def _same_layout(t: torch.Tensor) -> torch.Tensor:
+    # The operators return results laid out like the input (torch.empty_like semantics).
+    return torch.empty_like(t)
+
+
+@torch.library.register_fake("torchqat::fake_quantize")
+def _fake_quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=None):
+    return _same_layout(input)
+
+
+@torch.library.register_fake("torchqat::fake_quantize_lsq")
+def _fake_quantize_lsq_fake(input, scale, zero_point, quant_min, quant_max, axis=None,
+                            grad_factor=1.0):
+    return _same_layout(input)
+
+
+@torch.library.register_fake("torchqat::fake_quantize_backward")
+def _fake_quantize_backward_fake(grad, input, scale, zero_point, quant_min, quant_max,
+                                 axis=None):
+    return _same_layout(input)
+
+
+@torch.library.register_fake("torchqat::fake_quantize_lsq_backward")
+def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, quant_max,
+                                     axis=None, grad_factor=1.0):
+    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
+    return (
+        _same_layout(input),
+        torch.empty_like(scale, memory_format=torch.contiguous_format),
+        torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device),
+    )

@@ -1,0 +1,67 @@
+"""Builds torchqat._C, the operator library, from csrc/sources.txt (the list CMake reads too).
+
+CUDA sources are compiled when the installed torch is a CUDA build and nvcc is found, or when
+TORCHQAT_WITH_CUDA=1; TORCHQAT_WITH_CUDA=0 builds the CPU library only. Build with
+``pip install --no-build-isolation -e .`` against the torch already installed.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_sources():
+    lines = (ROOT / "csrc" / "sources.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def want_cuda():
+    flag = os.environ.get("TORCHQAT_WITH_CUDA", "auto")
+    if flag in ("0", "1"):
+        return flag == "1"
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+sources = read_sources()
+with_cuda = want_cuda()
+if not with_cuda:
+    sources = [s for s in sources if not s.endswith(".cu")]
+
+cxx_flags = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+include_dirs = [str(ROOT / "csrc")]
+define_macros = [("TORCHQAT_WITH_CUDA", "1")] if with_cuda else []
+
+if with_cuda:
+    ext = CUDAExtension(
+        "torchqat._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+else:
+    ext = CppExtension(
+        "torchqat._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags},
+    )
+
+setup(
+    name="torchqat",
+    version="0.1.0",
+    description="Quantization-aware training for PyTorch with C++/CUDA operators and real INT8 kernels",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    package_dir={"": "python"},
+    packages=find_packages("python"),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
