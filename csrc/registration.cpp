@@ -3,6 +3,8 @@
 // Numerics: csrc/core/fake_quant.h and docs/numerics.md.
 #include <torch/library.h>
 
+#include "ops/cpu/fake_quantize_kernels.h"
+
 TORCH_LIBRARY(torchqat, m) {
   // Fake quantization with a straight-through estimator: the gradient flows to `input` only,
   // masked to the elements inside the quantized range.
@@ -51,4 +53,8 @@ TORCH_LIBRARY(torchqat, m) {
       ") -> (Tensor, Tensor, Tensor)");  // (grad_input: input's shape, grad_scale: scale's
                                           //  shape and dtype, grad_zero_point: zero_point's
                                           //  shape, float dtype)
+
+  // The instruction set of the CPU kernels in use: "avx512", "avx2" or "default". It takes no
+  // tensor, so it has one kernel for every backend, given here with its schema.
+  m.def("cpu_capability() -> str", &torchqat::cpu::cpu_capability);
 }

@@ -160,6 +160,8 @@ const FakeQuantKernels& fake_quant_kernels() {
   return chosen;
 }
 
+std::string cpu_capability() { return fake_quant_kernels().isa; }
+
 }  // namespace cpu
 }  // namespace torchqat
 

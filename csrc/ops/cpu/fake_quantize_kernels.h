@@ -7,6 +7,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <string>
 
 namespace torchqat {
 namespace cpu {
@@ -51,6 +52,9 @@ const FakeQuantKernels& fake_quant_kernels_avx512();
 // else portable code. TORCHQAT_CPU_CAPABILITY=default|avx2|avx512 lowers the choice (tests use
 // it to run every path on one machine); asking for more than the CPU has is an error.
 const FakeQuantKernels& fake_quant_kernels();
+
+// fake_quant_kernels().isa, for torch.ops.torchqat.cpu_capability().
+std::string cpu_capability();
 
 }  // namespace cpu
 }  // namespace torchqat
