@@ -1,6 +1,7 @@
 #include "ops/fake_quantize_common.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/irange.h>
 
 #include <cmath>
@@ -53,27 +54,41 @@ std::string shape_string(const at::Tensor& t) {
   return ss.str();
 }
 
+// The values of a small CPU tensor (a scale or zero-point vector) as doubles, read in place.
+std::vector<double> host_values(const at::Tensor& t) {
+  const at::Tensor c = t.is_contiguous() ? t : t.contiguous();
+  std::vector<double> v(c.numel());
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "host_values", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (const auto i : c10::irange(c.numel())) v[i] = static_cast<double>(p[i]);
+  });
+  return v;
+}
+
+std::string at_index(size_t i, size_t n) {
+  return n > 1 ? " at index " + std::to_string(i) : std::string();
+}
+
 // Value checks of scale and zero_point that only the host can make cheaply: CPU tensors only.
 // (CUDA kernels check the same conditions on the device, without a host synchronisation.)
-void check_cpu_values(const char* op, const at::Tensor& scale, const at::Tensor& zero_point,
-                      int64_t quant_min, int64_t quant_max) {
-  const at::Tensor s = scale.detach().to(at::kDouble).contiguous().view(-1);
-  const double* sp = s.const_data_ptr<double>();
-  for (const auto i : c10::irange(s.numel())) {
-    TORCH_CHECK(std::isfinite(sp[i]) && sp[i] > 0.0, op,
-                ": scale must be positive and finite, got ", sp[i],
-                s.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+void check_cpu_values(const char* op, FakeQuantProblem& p, const at::Tensor& scale,
+                      const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
+  p.host_scale = host_values(scale);
+  for (size_t i = 0; i < p.host_scale.size(); ++i) {
+    const double s = p.host_scale[i];
+    TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": scale must be positive and finite, got ", s,
+                at_index(i, p.host_scale.size()));
   }
-  const at::Tensor z = zero_point.detach().to(at::kDouble).contiguous().view(-1);
-  const double* zp = z.const_data_ptr<double>();
+  p.host_zero_point = host_values(zero_point);
   const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
-  for (const auto i : c10::irange(z.numel())) {
-    TORCH_CHECK(std::isfinite(zp[i]), op, ": zero_point must be finite, got ", zp[i],
-                z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
-    TORCH_CHECK(!integral || (zp[i] >= quant_min && zp[i] <= quant_max), op,
+  for (size_t i = 0; i < p.host_zero_point.size(); ++i) {
+    const double z = p.host_zero_point[i];
+    TORCH_CHECK(std::isfinite(z), op, ": zero_point must be finite, got ", z,
+                at_index(i, p.host_zero_point.size()));
+    TORCH_CHECK(!integral || (z >= quant_min && z <= quant_max), op,
                 ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
-                quant_max, "], got ", static_cast<int64_t>(zp[i]),
-                z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+                quant_max, "], got ", static_cast<int64_t>(z),
+                at_index(i, p.host_zero_point.size()));
   }
 }
 
@@ -134,7 +149,7 @@ FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
     TORCH_CHECK(grad.device() == input.device(), op, ": grad must be on input's device (",
                 input.device(), "), got ", grad.device());
   }
-  if (input.is_cpu()) check_cpu_values(op, scale, zero_point, quant_min, quant_max);
+  if (input.is_cpu()) check_cpu_values(op, p, scale, zero_point, quant_min, quant_max);
 
   choose_layout(p, input);
   if (grad.defined()) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace torchqat {
 namespace ops {
@@ -19,6 +20,10 @@ struct FakeQuantProblem {
   at::Tensor input;  // the input itself when its layout allows, else a dense copy
   at::Tensor grad;   // backward only: the incoming gradient, laid out exactly like `input`
   bool copied = false;  // `input` is a copy: results must be copied back into the caller's layout
+  // CPU only: the validated values of scale and zero_point (as stored, not yet rounded), read
+  // once on the host so the CPU wrapper need not read them again.
+  std::vector<double> host_scale;
+  std::vector<double> host_zero_point;
 
   int64_t numel() const { return outer * channels * inner; }
 };

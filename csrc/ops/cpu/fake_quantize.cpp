@@ -56,21 +56,16 @@ const FakeQuantKernels& choose_kernels() {
 
 // Scale and effective zero point of every channel, as the kernels read them.
 struct HostQParams {
-  std::vector<double> scale;
   std::vector<double> zero_point;
   FakeQuantQParams qp;
 
-  HostQParams(const at::Tensor& s, const at::Tensor& z, int64_t quant_min, int64_t quant_max) {
-    const at::Tensor sd = s.detach().to(at::kDouble).contiguous().view(-1);
-    const at::Tensor zd = z.detach().to(at::kDouble).contiguous().view(-1);
-    scale.assign(sd.const_data_ptr<double>(), sd.const_data_ptr<double>() + sd.numel());
-    zero_point.resize(zd.numel());
-    for (int64_t i = 0; i < zd.numel(); ++i) {
-      zero_point[i] = core::effective_zero_point<double>(
-          zd.const_data_ptr<double>()[i], static_cast<double>(quant_min),
-          static_cast<double>(quant_max));
+  HostQParams(const ops::FakeQuantProblem& p, int64_t quant_min, int64_t quant_max) {
+    zero_point.reserve(p.host_zero_point.size());
+    for (const double z : p.host_zero_point) {
+      zero_point.push_back(core::effective_zero_point<double>(
+          z, static_cast<double>(quant_min), static_cast<double>(quant_max)));
     }
-    qp = {scale.data(), zero_point.data(), static_cast<double>(quant_min),
+    qp = {p.host_scale.data(), zero_point.data(), static_cast<double>(quant_min),
           static_cast<double>(quant_max)};
   }
 };
@@ -86,7 +81,7 @@ at::Tensor forward_impl(const char* op, const at::Tensor& input, const at::Tenso
                                          axis, at::Tensor());
   auto out = ops::make_output(input, p);
   if (p.numel() == 0) return out.out;
-  const HostQParams hq(scale, zero_point, quant_min, quant_max);
+  const HostQParams hq(p, quant_min, quant_max);
   fake_quant_kernels().forward(p.input.scalar_type(), p.input.const_data_ptr(),
                                out.work.mutable_data_ptr(), shape_of(p), hq.qp);
   out.finish();
@@ -115,7 +110,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
                                          quant_min, quant_max, axis, grad);
   auto dx = ops::make_output(input, p);
   if (p.numel() == 0) return dx.out;
-  const HostQParams hq(scale, zero_point, quant_min, quant_max);
+  const HostQParams hq(p, quant_min, quant_max);
   fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
                                     p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
                                     shape_of(p), hq.qp);
@@ -135,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
   const auto dz_dtype = ops::zero_point_grad_dtype(scale, zero_point);
   std::vector<double> dscale(p.channels, 0.0), dzero(p.channels, 0.0);
   if (p.numel() > 0) {
-    const HostQParams hq(scale, zero_point, quant_min, quant_max);
+    const HostQParams hq(p, quant_min, quant_max);
     fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
                                       p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
                                       shape_of(p), hq.qp, dscale.data(), dzero.data());
