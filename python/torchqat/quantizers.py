@@ -1,0 +1,230 @@
+"""``FakeQuantizer``: the module that owns one quantizer — its spec, scale, zero point and observer.
+
+Modes (``FakeQuantizer.mode``):
+
+``"fake_quantize"``  (default) ``y = fake_quantize(x; scale, zero_point)``.
+``"observe"``        feed ``x`` to the observer and return ``x`` unchanged (calibration).
+``"pass_through"``   return ``x`` unchanged.
+
+Learnable scales (and zero points of affine specs) are ``nn.Parameter`` s trained with the LSQ / LSQ+
+gradients of ``torch.ops.torchqat.fake_quantize_lsq``; fixed ones are buffers and use
+``torch.ops.torchqat.fake_quantize`` (gradient to the input only).
+
+Positivity of a learnable scale: the forward uses ``max(scale, MIN_SCALE)`` through a
+straight-through clamp, ``scale.clamp_min(MIN_SCALE).detach() + (scale - scale.detach())``. Its
+value is exactly the clamped scale (so the operator's ``scale > 0`` check can never fire and no
+device value is read on the host) and its gradient reaches ``scale`` unchanged, so a scale that an
+optimizer pushed below the floor keeps receiving gradient and can recover — unlike a plain
+``clamp``, whose gradient is zero there, or ``abs(scale) + eps``, which shifts every scale.
+``effective_scale()`` returns what the forward uses; conversion must use it too.
+"""
+
+
+import logging
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import _ops  # noqa: F401  (loads the operator library)
+from .config import QuantSpec
+from .observers import MIN_SCALE, make_observer
+
+__all__ = ["FakeQuantizer", "MODES"]
+
+logger = logging.getLogger("torchqat")
+
+#: The modes of a :class:`FakeQuantizer`.
+MODES = ("fake_quantize", "observe", "pass_through")
+
+
+class FakeQuantizer(nn.Module):
+    """Fake-quantizes one tensor as ``spec`` says.
+
+    Args:
+        spec: the :class:`QuantSpec`. A per-channel spec must carry its ``axis`` here (the
+            quantized modules fill in the weight's output-channel axis).
+        num_channels: the size of ``spec.axis`` of the quantized tensor (per-channel only).
+        role: ``"weight"`` or ``"activation"``; picks the default observer.
+        device: where the scale and zero point live.
+
+    Attributes:
+        scale: float32, ``[num_channels]`` (per-channel) or ``[1]``; a parameter when learnable.
+        zero_point: ``[num_channels]`` or ``[1]``; a float parameter when learnable and affine,
+            else an int32 buffer.
+        calibrated: uint8 buffer, 1 once the scale was set by calibration or loaded.
+        observer: the :class:`torchqat.observers.Observer` calibration feeds.
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        num_channels: Optional[int] = None,
+        role: str = "activation",
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(spec, QuantSpec):
+            raise ValueError(f"FakeQuantizer: spec must be a QuantSpec, got {spec!r}")
+        if role not in ("weight", "activation"):
+            raise ValueError(f"FakeQuantizer: role must be 'weight' or 'activation', got {role!r}")
+        if spec.per_channel:
+            if spec.axis is None:
+                raise ValueError("FakeQuantizer: a per-channel spec needs an axis, got axis=None")
+            if num_channels is None or num_channels < 1:
+                raise ValueError(
+                    "FakeQuantizer: a per-channel spec needs num_channels >= 1, got "
+                    f"{num_channels!r}"
+                )
+        else:
+            if num_channels not in (None, 1):
+                raise ValueError(
+                    f"FakeQuantizer: a per-tensor spec has one scale, got num_channels={num_channels}"
+                )
+            num_channels = 1
+        self.spec = spec
+        self.role = role
+        self.quant_min: int = spec.quant_min
+        self.quant_max: int = spec.quant_max
+        self.axis: Optional[int] = spec.axis if spec.per_channel else None
+        self.learnable: bool = spec.learnable
+        # <= 0: LSQ's 1/sqrt(numel_per_scale * quant_max), computed per call.
+        self.grad_factor: float = float(spec.grad_factor) if spec.grad_factor is not None else -1.0
+        self.min_scale: float = MIN_SCALE
+        self.mode: str = "fake_quantize"
+        self.is_calibrated: bool = False
+
+        scale = torch.ones(num_channels, dtype=torch.float32, device=device)
+        if spec.learnable:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+        if spec.learnable and not spec.symmetric:
+            self.zero_point = nn.Parameter(
+                torch.zeros(num_channels, dtype=torch.float32, device=device))
+        else:
+            self.register_buffer(
+                "zero_point", torch.zeros(num_channels, dtype=torch.int32, device=device))
+        self.register_buffer("calibrated", torch.zeros(1, dtype=torch.uint8, device=device))
+
+        self.observer_kind = spec.observer_kind(role)
+        self.observer = make_observer(
+            self.observer_kind,
+            self.quant_min,
+            self.quant_max,
+            spec.symmetric,
+            axis=self.axis,
+            num_channels=num_channels,
+            averaging_constant=spec.averaging_constant,
+            percentile=spec.percentile,
+        )
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fake_quantize":
+            if not self.is_calibrated:
+                self._initialize_from(x)
+            return self._fake_quantize(x)
+        if self.mode == "observe":
+            self._observe(x)
+        return x
+
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.learnable:
+            scale = self.scale
+            # Straight-through clamp: value max(scale, MIN_SCALE), gradient 1 (see module doc).
+            scale = scale.clamp_min(self.min_scale).detach() + (scale - scale.detach())
+            grad_factor = self.grad_factor
+            if grad_factor <= 0.0:
+                per_scale = max(x.numel() // scale.numel(), 1)
+                grad_factor = 1.0 / math.sqrt(per_scale * self.quant_max)
+            return torch.ops.torchqat.fake_quantize_lsq(
+                x, scale, self.zero_point, self.quant_min, self.quant_max, self.axis, grad_factor
+            )
+        return torch.ops.torchqat.fake_quantize(
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.axis
+        )
+
+    @torch.jit.unused
+    def _observe(self, x: torch.Tensor) -> None:
+        self.observer.observe(x)
+
+    @torch.jit.unused
+    def _initialize_from(self, x: torch.Tensor) -> None:
+        # Eager fallback for a quantizer that calibration never reached (a branch not taken) or a
+        # model trained without calibrate(): initialise from this first tensor.
+        logger.warning(
+            "torchqat: FakeQuantizer (%s, %s) was not calibrated; initialising its scale from the "
+            "first tensor it sees. Run torchqat.calibrate(model, batches) for a better start.",
+            self.role, self.spec.describe())
+        self.observer.reset()
+        self.observer.observe(x)
+        self.set_qparams(*self.observer.compute_qparams())
+        self.observer.reset()
+
+    # -- calibration API ---------------------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> "FakeQuantizer":
+        if mode not in MODES:
+            raise ValueError(f"FakeQuantizer.set_mode: mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        return self
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Feeds ``x`` to the observer whatever the mode."""
+        self.observer.observe(x)
+
+    def reset_observer(self) -> None:
+        self.observer.reset()
+
+    @torch.no_grad()
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Sets the scale and zero point (in place, so optimizers and DDP keep their references)
+        and marks the quantizer calibrated."""
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
+        self.calibrated.fill_(1)
+        self.is_calibrated = True
+
+    def compute_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The observer's choice of ``(scale, zero_point)``."""
+        return self.observer.compute_qparams()
+
+    def load_observer_qparams(self) -> None:
+        """Sets scale and zero point from what the observer collected."""
+        self.set_qparams(*self.observer.compute_qparams())
+
+    def effective_scale(self) -> torch.Tensor:
+        """The scale the forward uses (learnable scales are floored at ``MIN_SCALE``)."""
+        return self.scale.detach().clamp_min(MIN_SCALE)
+
+    def effective_zero_point(self) -> torch.Tensor:
+        """The integer zero point the forward uses (learnable ones are rounded and clamped)."""
+        zp = self.zero_point.detach()
+        if zp.is_floating_point():
+            zp = torch.round(zp).clamp(self.quant_min, self.quant_max)
+        return zp.to(torch.int32)
+
+    # -- state dict --------------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "calibrated"
+        if key in state_dict:
+            self.is_calibrated = bool(int(state_dict[key].reshape(-1)[0]))
+
+    def extra_repr(self) -> str:
+        parts = [f"bits={self.spec.bits}", f"scheme={self.spec.describe()}",
+                 f"range=[{self.quant_min}, {self.quant_max}]", f"observer={self.observer_kind}"]
+        if self.mode != "fake_quantize":
+            parts.append(f"mode={self.mode}")
+        if self.is_calibrated and self.scale.device.type != "meta":
+            s = self.effective_scale()
+            parts.append(f"scale=[{s.min().item():.4g}, {s.max().item():.4g}]")
+        else:
+            parts.append("scale=uncalibrated")
+        return ", ".join(parts)
