@@ -32,7 +32,10 @@ with_cuda = want_cuda()
 if not with_cuda:
     sources = [s for s in sources if not s.endswith(".cu")]
 
-cxx_flags = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+# -ffp-contract=off: no ISA may fuse a multiply and an add that the scalar code rounds twice,
+# so every CPU kernel (default, AVX2, AVX-512) computes the same bits.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
+             "-Wno-psabi"]
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 include_dirs = [str(ROOT / "csrc")]
 define_macros = [("TORCHQAT_WITH_CUDA", "1")] if with_cuda else []

@@ -74,11 +74,6 @@ def test_gradcheck_scale_saturated_and_zero(device, generator, axis):
 @pytest.mark.parametrize("axis", [None, 1])
 @pytest.mark.parametrize("op_name", ["fake_quantize_backward", "fake_quantize_lsq_backward"])
 def test_gradcheck_backward_ops_in_grad(device, generator, op_name, axis):
-    # KNOWN FAILURE (reported, left failing on purpose): fake_quantize_backward and
-    # fake_quantize_lsq_backward have no Autograd kernel, so PyTorch's "autograd not
-    # implemented" fallback warns and returns no gradient: gradcheck fails with "Jacobian
-    # mismatch for output 0 with respect to input 0" (numerical = mask, analytical = 0).
-    #
     # The backward operators are linear in grad (dx = grad * mask, dscale and dzero_point are
     # masked sums of grad): exact for gradcheck at any input. This is what double backward
     # through fake_quantize / fake_quantize_lsq differentiates.
@@ -102,8 +97,6 @@ def test_gradcheck_backward_ops_in_grad(device, generator, op_name, axis):
 
 def test_double_backward(device, generator):
     # d(dx)/d(dy) = mask: what a gradient penalty through a fake-quantized layer needs.
-    # KNOWN FAILURE (reported, left failing on purpose): `assert ddy is not None` fails, the
-    # backward operators have no Autograd kernel (see test_gradcheck_backward_ops_in_grad).
     qmin, qmax = -128, 127
     s = torch.tensor([0.05], device=device)
     z = torch.tensor([0.0], device=device)

@@ -69,9 +69,7 @@ def test_scale_too_small_for_float32(device, op_name, scale):
     # 1e-50 is positive and finite but becomes 0 in float32; a subnormal float32 scale of 1e-40
     # has no finite float32 reciprocal. Either must be refused like scale <= 0, or give finite
     # results: a finite input (here 0) must not turn into NaN (NaN only for NaN inputs).
-    # KNOWN FAILURE (reported, left failing on purpose): neither happens. The forward operators
-    # fail `assert not t.isnan().any()` (0 * (1/s) = 0 * inf = NaN at x = 0), the backward
-    # operators fail `assert outs[0][0].item() == 1.0` (x = 0 is treated as NaN: dx = 0).
+    # (Accepting such a scale would compute 0 * (1/s) = 0 * inf = NaN at x = 0.)
     x = torch.tensor([0.0, 1.0, -1.0, 1e-41] * 5, device=device)
     s = torch.tensor([scale], dtype=torch.float64 if scale < 1e-45 else torch.float32,
                      device=device)

@@ -5,6 +5,7 @@
 #include <c10/util/irange.h>
 
 #include <cmath>
+#include <limits>
 
 namespace torchqat {
 namespace ops {
@@ -71,13 +72,21 @@ std::string at_index(size_t i, size_t n) {
 
 // Value checks of scale and zero_point that only the host can make cheaply: CPU tensors only.
 // (CUDA kernels check the same conditions on the device, without a host synchronisation.)
-void check_cpu_values(const char* op, FakeQuantProblem& p, const at::Tensor& scale,
-                      const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
+void check_cpu_values(const char* op, FakeQuantProblem& p, at::ScalarType compute_dtype,
+                      const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min,
+                      int64_t quant_max) {
   p.host_scale = host_values(scale);
+  // Kernels form 1/s in float32 (float64 for float64 inputs): a scale that is positive in
+  // float64 but zero or subnormal there has no finite reciprocal and would turn 0 into NaN.
+  const double smallest = compute_dtype == at::kDouble ? std::numeric_limits<double>::min()
+                                                       : std::numeric_limits<float>::min();
   for (size_t i = 0; i < p.host_scale.size(); ++i) {
     const double s = p.host_scale[i];
     TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": scale must be positive and finite, got ", s,
                 at_index(i, p.host_scale.size()));
+    TORCH_CHECK(s >= smallest, op, ": scale must be at least ", smallest, " (the smallest normal ",
+                compute_dtype == at::kDouble ? "float64" : "float32",
+                " number, so that 1/scale is finite), got ", s, at_index(i, p.host_scale.size()));
   }
   p.host_zero_point = host_values(zero_point);
   const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
@@ -149,7 +158,10 @@ FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
     TORCH_CHECK(grad.device() == input.device(), op, ": grad must be on input's device (",
                 input.device(), "), got ", grad.device());
   }
-  if (input.is_cpu()) check_cpu_values(op, p, scale, zero_point, quant_min, quant_max);
+  if (input.is_cpu()) {
+    const auto compute_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    check_cpu_values(op, p, compute_dtype, scale, zero_point, quant_min, quant_max);
+  }
 
   choose_layout(p, input);
   if (grad.defined()) {

@@ -45,6 +45,16 @@ def _load_library() -> Path:
 LIBRARY_PATH = _load_library()
 
 
+def _check_devices(op: str, input, **others) -> None:
+    # The C++ wrappers check this too; a fake implementation runs instead of them whenever one
+    # argument is a meta tensor, so it must refuse a mix of devices the same way.
+    for name, t in others.items():
+        if t.device != input.device:
+            raise RuntimeError(
+                f"{op}: {name} must be on input's device ({input.device}), got {t.device}"
+            )
+
+
 def _same_layout(t: torch.Tensor) -> torch.Tensor:
     # The operators return results laid out like the input (torch.empty_like semantics).
     return torch.empty_like(t)
@@ -52,24 +62,29 @@ def _same_layout(t: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("torchqat::fake_quantize")
 def _fake_quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=None):
+    _check_devices("fake_quantize", input, scale=scale, zero_point=zero_point)
     return _same_layout(input)
 
 
 @torch.library.register_fake("torchqat::fake_quantize_lsq")
 def _fake_quantize_lsq_fake(input, scale, zero_point, quant_min, quant_max, axis=None,
                             grad_factor=1.0):
+    _check_devices("fake_quantize_lsq", input, scale=scale, zero_point=zero_point)
     return _same_layout(input)
 
 
 @torch.library.register_fake("torchqat::fake_quantize_backward")
 def _fake_quantize_backward_fake(grad, input, scale, zero_point, quant_min, quant_max,
                                  axis=None):
+    _check_devices("fake_quantize_backward", input, grad=grad, scale=scale, zero_point=zero_point)
     return _same_layout(input)
 
 
 @torch.library.register_fake("torchqat::fake_quantize_lsq_backward")
 def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, quant_max,
                                      axis=None, grad_factor=1.0):
+    _check_devices("fake_quantize_lsq_backward", input, grad=grad, scale=scale,
+                   zero_point=zero_point)
     zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
     return (
         _same_layout(input),

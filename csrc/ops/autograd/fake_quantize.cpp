@@ -1,6 +1,7 @@
 // Autograd for the fake-quant operators, in C++ so that TorchScript and libtorch programs train
 // through them too. Forward and backward are operators of their own, so torch.compile and
 // torch.export see two opaque nodes with fake implementations (python/torchqat/_ops.py).
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -11,6 +12,27 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+using FakeQuantizeBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const at::Tensor&, int64_t, int64_t,
+                                          std::optional<int64_t>);
+using FakeQuantizeLsqBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+    std::optional<int64_t>, double);
+
+c10::TypedOperatorHandle<FakeQuantizeBackwardSig> fake_quantize_backward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_backward", "")
+                       .typed<FakeQuantizeBackwardSig>();
+  return op;
+}
+
+c10::TypedOperatorHandle<FakeQuantizeLsqBackwardSig> fake_quantize_lsq_backward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq_backward", "")
+                       .typed<FakeQuantizeLsqBackwardSig>();
+  return op;
+}
 
 c10::IValue optional_axis(std::optional<int64_t> axis) {
   return axis.has_value() ? c10::IValue(*axis) : c10::IValue();
@@ -40,14 +62,9 @@ class FakeQuantize : public torch::autograd::Function<FakeQuantize> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("torchqat::fake_quantize_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, int64_t,
-                                           int64_t, std::optional<int64_t>)>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor dx =
-        op.call(grad_outputs[0], saved[0], saved[1], saved[2],
+        fake_quantize_backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2],
                 ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt(),
                 saved_axis(ctx));
     // The straight-through estimator gives scale and zero_point no gradient.
@@ -76,21 +93,128 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("torchqat::fake_quantize_lsq_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                int64_t, int64_t, std::optional<int64_t>, double)>();
     const auto saved = ctx->get_saved_variables();
     auto [dx, dscale, dzero_point] =
-        op.call(grad_outputs[0], saved[0], saved[1], saved[2],
+        fake_quantize_lsq_backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2],
                 ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt(),
                 saved_axis(ctx), ctx->saved_data["grad_factor"].toDouble());
     // An integer zero point cannot require grad; report none rather than a float tensor.
     if (!ctx->needs_input_grad(2)) dzero_point = at::Tensor();
     if (!ctx->needs_input_grad(1)) dscale = at::Tensor();
     return {dx, dscale, dzero_point, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+
+// The backward operators are linear in `grad`, so their own derivative with respect to `grad` is
+// exact and cheap; this is what double backward (e.g. gradient penalties) needs. With respect
+// to input, scale and zero point they are piecewise constant: derivative 0, reported as none.
+class FakeQuantizeBackward : public torch::autograd::Function<FakeQuantizeBackward> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& input,
+                            const at::Tensor& scale, const at::Tensor& zero_point,
+                            int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, scale, zero_point});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = optional_axis(axis);
+    return fake_quantize_backward_op().call(grad, input, scale, zero_point, quant_min, quant_max,
+                                            axis);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    // d(grad * mask)/d(grad) applied to v is v * mask: the operator itself.
+    const at::Tensor dgrad = fake_quantize_backward_op().call(
+        grad_outputs[0], saved[0], saved[1], saved[2], ctx->saved_data["quant_min"].toInt(),
+        ctx->saved_data["quant_max"].toInt(), saved_axis(ctx));
+    return {dgrad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+// The shape that broadcasts a scale-shaped tensor against `input`: [1, .., C, .., 1].
+std::vector<int64_t> parameter_shape(const at::Tensor& input, std::optional<int64_t> axis) {
+  std::vector<int64_t> shape(input.dim(), 1);
+  if (axis.has_value()) {
+    const int64_t a = *axis < 0 ? *axis + input.dim() : *axis;
+    shape[a] = input.size(a);
+  }
+  return shape;
+}
+
+// Per-element LSQ factors with dy = 1 (the table in csrc/core/fake_quant.h), as ATen ops in the
+// compute dtype, broadcast against `input`. Only double backward uses them.
+std::pair<at::Tensor, at::Tensor> lsq_factors(const at::Tensor& input, const at::Tensor& scale,
+                                              const at::Tensor& zero_point, int64_t quant_min,
+                                              int64_t quant_max, std::optional<int64_t> axis) {
+  const auto dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto shape = parameter_shape(input, axis);
+  const auto as_param = [&](const at::Tensor& t) { return t.to(dtype).reshape(shape); };
+  const at::Tensor x = input.to(dtype);
+  const at::Tensor s = as_param(scale);
+  const at::Tensor inv_s = at::reciprocal(s);  // in the compute dtype, as the kernels do
+  const double qmin = static_cast<double>(quant_min), qmax = static_cast<double>(quant_max);
+  const at::Tensor z = at::clamp(at::round(as_param(zero_point)), qmin, qmax);
+  const at::Tensor v = at::round(x * inv_s) + z;
+  const at::Tensor below = v < qmin, above = v > qmax;
+  const at::Tensor inside = at::logical_and(v >= qmin, v <= qmax);
+  const at::Tensor y = (v - z) * s;
+  const at::Tensor zero = at::zeros({}, x.options());
+  const at::Tensor fs = at::where(
+      inside, (y - x) * inv_s,
+      at::where(below, qmin - z, at::where(above, qmax - z, zero)));
+  const at::Tensor fz = at::where(at::logical_or(below, above), -s, zero);
+  return {fs, fz};
+}
+
+class FakeQuantizeLsqBackward : public torch::autograd::Function<FakeQuantizeLsqBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad,
+                               const at::Tensor& input, const at::Tensor& scale,
+                               const at::Tensor& zero_point, int64_t quant_min,
+                               int64_t quant_max, std::optional<int64_t> axis,
+                               double grad_factor) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, scale, zero_point});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = optional_axis(axis);
+    ctx->saved_data["grad_factor"] = grad_factor;
+    auto [dx, dscale, dzero_point] = fake_quantize_lsq_backward_op().call(
+        grad, input, scale, zero_point, quant_min, quant_max, axis, grad_factor);
+    return {dx, dscale, dzero_point};
+  }
+
+  // dx = grad * mask, dscale[c] = g * sum(grad * fs), dzero_point[c] = g * sum(grad * fz):
+  // linear in grad, so d/d(grad) of <v, outputs> = v_dx * mask + g * (v_ds[c] fs + v_dz[c] fz).
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
+    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
+    const auto axis = saved_axis(ctx);
+    const double g = ctx->saved_data["grad_factor"].toDouble();
+    at::Tensor dgrad = at::zeros_like(input);
+    if (grad_outputs[0].defined()) {
+      dgrad = fake_quantize_backward_op().call(grad_outputs[0], input, saved[1], saved[2],
+                                               quant_min, quant_max, axis);
+    }
+    if (grad_outputs[1].defined() || grad_outputs[2].defined()) {
+      auto [fs, fz] = lsq_factors(input, saved[1], saved[2], quant_min, quant_max, axis);
+      at::Tensor extra = at::zeros_like(fs);
+      const auto shape = parameter_shape(input, axis);
+      if (grad_outputs[1].defined()) {
+        extra = extra + grad_outputs[1].to(fs.scalar_type()).reshape(shape) * fs;
+      }
+      if (grad_outputs[2].defined()) {
+        extra = extra + grad_outputs[2].to(fs.scalar_type()).reshape(shape) * fz;
+      }
+      dgrad = dgrad + (extra * g).to(dgrad.scalar_type());
+    }
+    return {dgrad,       at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -108,6 +232,22 @@ at::Tensor fake_quantize_lsq_autograd(const at::Tensor& input, const at::Tensor&
                                 grad_factor);
 }
 
+at::Tensor fake_quantize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
+                                           const at::Tensor& scale, const at::Tensor& zero_point,
+                                           int64_t quant_min, int64_t quant_max,
+                                           std::optional<int64_t> axis) {
+  return FakeQuantizeBackward::apply(grad, input, scale, zero_point, quant_min, quant_max, axis);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_autograd(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  auto out = FakeQuantizeLsqBackward::apply(grad, input, scale, zero_point, quant_min, quant_max,
+                                            axis, grad_factor);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 }  // namespace autograd
 }  // namespace torchqat
@@ -115,4 +255,6 @@ at::Tensor fake_quantize_lsq_autograd(const at::Tensor& input, const at::Tensor&
 TORCH_LIBRARY_IMPL(torchqat, Autograd, m) {
   m.impl("fake_quantize", &torchqat::autograd::fake_quantize_autograd);
   m.impl("fake_quantize_lsq", &torchqat::autograd::fake_quantize_lsq_autograd);
+  m.impl("fake_quantize_backward", &torchqat::autograd::fake_quantize_backward_autograd);
+  m.impl("fake_quantize_lsq_backward", &torchqat::autograd::fake_quantize_lsq_backward_autograd);
 }
