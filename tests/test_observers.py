@@ -239,6 +239,7 @@ def test_observe_reads_nothing_on_the_host(kind, monkeypatch):
     assert torch.all(s > 0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", KINDS)
 def test_observe_does_not_sync_cuda(kind):
@@ -254,6 +255,24 @@ def test_observe_does_not_sync_cuda(kind):
         torch.cuda.set_sync_debug_mode("default")
     s, _ = obs.compute_qparams()
     assert s.is_cuda
+
+
+@pytest.mark.parametrize("kind", ["minmax", "percentile", "mse", "lsq"])
+def test_per_channel_on_a_strided_last_axis(kind):
+    """axis=-1 of a 2-D tensor gives a non-contiguous [C, N] view: histograms must cope."""
+    g = torch.Generator().manual_seed(6)
+    # The same values in every channel, scaled by 1, 2, 4, 8: scales must double per channel.
+    x = torch.randn(200, 1, generator=g) * torch.tensor([1.0, 2.0, 4.0, 8.0])
+    obs = make_observer(kind, -127, 127, True, axis=-1, num_channels=4, percentile=100.0)
+    obs.observe(x)
+    obs.observe(x * 0.5)
+    s, _ = obs.compute_qparams()
+    assert s.shape == (4,)
+    torch.testing.assert_close(s[1:] / s[:-1], torch.full((3,), 2.0), rtol=1e-4, atol=0)
+    if kind in ("minmax", "percentile"):
+        amax = x.abs().amax(0) / 127
+        tol = 0.0 if kind == "minmax" else 2 * (x.abs().amax(0) / 512 / 127).max().item()
+        torch.testing.assert_close(s, amax, rtol=1e-6, atol=tol)
 
 
 def test_nothing_observed_raises_and_empty_tensor_is_ignored():

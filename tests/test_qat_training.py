@@ -137,6 +137,19 @@ def test_torch_compile_fullgraph_training_step_matches_eager():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_whole_prepared_model_scripts_and_round_trips():
+    model, shape, _, _ = make("cnn")
+    qmodel = tq.prepare_qat(model)
+    tq.calibrate(qmodel, [torch.randn(shape) for _ in range(2)], progress=False)
+    qmodel.eval()
+    scripted = torch.jit.script(qmodel)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    x = torch.randn(shape)
+    assert torch.equal(torch.jit.load(buf)(x), qmodel(x))
+
+
 def test_state_dict_round_trip_and_exact_resume():
     model, shape, loss_fn, lr = make("detector")
     float_model = copy.deepcopy(model)
