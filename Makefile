@@ -11,6 +11,10 @@ TORCH_CUDA  := torch==2.14.1
 # Everything the tests, the examples and the benchmarks import.
 PY_DEPS     := pytest numpy ninja setuptools wheel expecttest tqdm scikit-learn
 JOBS        ?= 2
+# nvcc lives in /usr/local/cuda/bin (often linked from /usr/local/bin, from which torch would
+# guess the wrong toolkit root and miss libcudart).
+CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda) /usr/local/cuda)
+export CUDA_HOME
 CMAKE_BUILD := build/cmake
 
 VPY  := $(VENV)/bin/python

@@ -36,7 +36,9 @@ if not with_cuda:
 # so every CPU kernel (default, AVX2, AVX-512) computes the same bits.
 cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
              "-Wno-psabi"]
-nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+# --fmad=false: like -ffp-contract=off on the CPU, so per-element gradient terms round as the
+# CPU kernels round them.
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
 include_dirs = [str(ROOT / "csrc")]
 define_macros = [("TORCHQAT_WITH_CUDA", "1")] if with_cuda else []
 
