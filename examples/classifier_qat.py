@@ -16,7 +16,6 @@ Needs scikit-learn (the data set ships with it) and tqdm.
 """
 
 import argparse
-import copy
 import math
 import sys
 import time

@@ -64,12 +64,6 @@ def qparams_from_minmax(
     return scale, zero_point
 
 
-def _dist_group_size(group) -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size(group)
-
-
 class Observer:
     """Base class. Subclasses keep running statistics in device tensors and implement
     ``_observe`` (device ops only), ``_empty_state``, ``_reduce`` and ``_qparams``.
