@@ -64,6 +64,8 @@ setup(
     description="Quantization-aware training for PyTorch with C++/CUDA operators and real INT8 kernels",
     license="BSD-3-Clause",
     python_requires=">=3.10",
+    # torch is not pinned here: the extension is built against whichever torch is installed.
+    install_requires=["torch>=2.11", "tqdm"],
     package_dir={"": "python"},
     packages=find_packages("python"),
     ext_modules=[ext],
