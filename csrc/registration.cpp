@@ -4,8 +4,13 @@
 #include <torch/library.h>
 
 #include "ops/cpu/fake_quantize_kernels.h"
+#include "ops/cpu/int8_kernels.h"
+#include "ops/packed_linear.h"
 
 TORCH_LIBRARY(torchqat, m) {
+  // Custom classes first: the INT8 schemas below name them.
+  torchqat::ops::register_packed_linear_class();
+
   // Fake quantization with a straight-through estimator: the gradient flows to `input` only,
   // masked to the elements inside the quantized range.
   m.def(
@@ -57,4 +62,50 @@ TORCH_LIBRARY(torchqat, m) {
   // The instruction set of the CPU kernels in use: "avx512", "avx2" or "default". It takes no
   // tensor, so it has one kernel for every backend, given here with its schema.
   m.def("cpu_capability() -> str", &torchqat::cpu::cpu_capability);
+
+  // Real quantization into plain integer tensors (not PyTorch's quantized dtypes), with exactly
+  // fake_quantize's rounding: dequantize(quantize(x)) == fake_quantize(x).
+  m.def(
+      "quantize("
+      "Tensor input, "       // any shape; float32 / float16 / bfloat16 / float64
+      "Tensor scale, "       // per-tensor: 1 element; per-channel: [input.size(axis)]; float32/64
+      "Tensor zero_point, "  // same shape as scale; integer in range, or float (rounded, clamped)
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None"
+      ") -> Tensor");        // input's shape and strides; the smallest of uint8, int8, int16,
+                             // int32 holding [quant_min, quant_max]; NaN becomes zero_point
+  m.def(
+      "dequantize("
+      "Tensor input, "       // any shape; uint8 / int8 / int16 / int32
+      "Tensor scale, "       // per-tensor: 1 element; per-channel: [input.size(axis)]; float32/64
+      "Tensor zero_point, "  // same shape as scale; integer, or float (rounded half to even)
+      "int? axis=None"
+      ") -> Tensor");        // float32, input's shape and strides: (input - zero_point) * scale
+
+  // INT8 linear layer: quantizes the input per tensor, multiplies it by the packed int8
+  // weights with int32 accumulation, and applies the float epilogue
+  //   y = act((acc * (s_x * s_w[n]) + bias[n]) * out_multiplier[n] + out_shift[n])
+  // (multiplier and shift only where packed holds them, e.g. a folded BatchNorm).
+  m.def(
+      "int8_linear("
+      "Tensor input, "             // [*, in_features]; float32 / float16 / bfloat16
+      "Tensor input_scale, "       // 1 element, float32
+      "Tensor input_zero_point, "  // 1 element; integer in range, or float (rounded, clamped)
+      "int quant_min, "            // 8-bit: within [0, 255] or [-128, 127]
+      "int quant_max, "
+      "__torch__.torch.classes.torchqat.PackedLinear packed, "  // weight [out, in] int8, ...
+      "str activation=\"none\""  // "none", "relu" or "silu"
+      ") -> Tensor");              // [*, out_features], float32
+  // The integer part of int8_linear, for tests and custom epilogues:
+  //   out[..., n] = sum_k (input[..., k] - input_zero_point) * weight[n, k]   (int32, exact)
+  m.def(
+      "int8_matmul("
+      "Tensor input, "             // [*, in_features]; uint8 or int8
+      "int input_zero_point, "     // within input's dtype range
+      "__torch__.torch.classes.torchqat.PackedLinear packed"
+      ") -> Tensor");              // [*, out_features], int32
+  // Names of the CPU GEMM kernels PackedLinear can pack for on this machine, best first
+  // ("int_mm" is torch._int_mm; "vnni_emulated" runs the VNNI kernel's logic on AVX2, for tests).
+  m.def("int8_linear_kernels() -> str[]", &torchqat::cpu::int8_cpu_gemm_kernels);
 }

@@ -91,3 +91,24 @@ def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, 
         torch.empty_like(scale, memory_format=torch.contiguous_format),
         torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device),
     )
+
+
+def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:
+    # The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
+    if quant_min >= 0 and quant_max <= 255:
+        return torch.uint8
+    if quant_min >= -128 and quant_max <= 127:
+        return torch.int8
+    if quant_min >= -32768 and quant_max <= 32767:
+        return torch.int16
+    return torch.int32
+
+
+@torch.library.register_fake("torchqat::quantize")
+def _quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=None):
+    return torch.empty_like(input, dtype=_quantized_dtype(quant_min, quant_max))
+
+
+@torch.library.register_fake("torchqat::dequantize")
+def _dequantize_fake(input, scale, zero_point, axis=None):
+    return torch.empty_like(input, dtype=torch.float32)

@@ -1,0 +1,118 @@
+// Raw-pointer CPU kernels of the integer operators (quantize, dequantize, the INT8 GEMM and its
+// epilogue), compiled once per instruction set (int8_kernels_{default,avx2,avx512_vnni}.cpp) and
+// chosen at run time. Host wrappers (quantize.cpp, int8_linear.cpp) validate, allocate and
+// parallelise; these kernels only compute. Numerics: csrc/core/quantize.h. This header is
+// torch-free so that the kernel files compile without ATen.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace torchqat {
+namespace cpu {
+
+// Integer element types of quantized tensors.
+enum class IntType : int { kUInt8, kInt8, kInt16, kInt32 };
+
+// A tensor in memory order viewed as [outer, channels, inner]; parameters are indexed by the
+// middle coordinate (per-tensor: channels == 1).
+struct ChannelShape {
+  int64_t outer;
+  int64_t channels;
+  int64_t inner;
+};
+
+// The epilogue of one GEMM, per output column n (arrays of N values):
+//   v = acc_raw[n] - offset[n]                     (offset = z_a * colsum[n])
+//   raw_out: write v as int32; else
+//   t = fma(float(v), alpha[n], bias[n]); if multiplier: t = fma(t, multiplier[n], shift[n]);
+//   relu: t = t > 0 ? t : 0
+struct Int8Epilogue {
+  const int32_t* offset = nullptr;
+  const float* alpha = nullptr;
+  const float* bias = nullptr;
+  const float* multiplier = nullptr;  // null: no folded BatchNorm
+  const float* shift = nullptr;
+  bool relu = false;
+  bool raw_out = false;
+};
+
+// One GEMM: out[m][n] = epilogue(sum_k a[m][k] * w[n][k]) for rows of A in the kernel's own
+// layout (a_bytes per element, rows padded to lda elements) and W packed by pack_b.
+struct Int8GemmProblem {
+  int64_t M;
+  int64_t N;
+  int64_t K;
+  const void* a;
+  int64_t lda;              // elements per row of A (K rounded up to k_align)
+  const int8_t* b_packed;   // pack_b's output
+  Int8Epilogue epilogue;
+  float* out = nullptr;         // float output [M, ldo], unless epilogue.raw_out
+  int32_t* out_raw = nullptr;   // int32 output [M, ldo] when epilogue.raw_out
+  int64_t ldo;
+};
+
+// A GEMM kernel family: its packed-B layout, its A layout, and the compute over a block of rows
+// and a range of B panels (panel p holds columns [p * panel_cols, (p + 1) * panel_cols)).
+struct Int8GemmKernel {
+  const char* name;      // "reference", "avx2", "avx512_vnni", "vnni_emulated"
+  int64_t panel_cols;    // columns per packed panel
+  int64_t k_align;       // K is padded with zeros to a multiple of this
+  int64_t a_bytes;       // bytes per element of A (1: uint8, 2: int16)
+  int64_t block_rows;    // rows per host task (a multiple of the micro-kernel's rows)
+  // Bytes of packed B for [N, K] weights.
+  int64_t (*packed_b_bytes)(int64_t N, int64_t K);
+  // w: int8 [N, K] row-major → packed panels (padding zero).
+  void (*pack_b)(const int8_t* w, int64_t N, int64_t K, int8_t* packed);
+  // Quantizes rows of float32 x ([rows, K], row stride ldx) into A (row stride lda):
+  // a = quantize_value(x, inv_s, z, qmin, qmax) + a_shift, padding zero.
+  void (*quantize_a)(const float* x, int64_t ldx, int64_t rows, int64_t K, float inv_s,
+                     float z, float qmin, float qmax, int32_t a_shift, void* a, int64_t lda);
+  // Copies rows of uint8 (is_signed: int8, stored + 128) integers into A.
+  void (*convert_a)(const void* src, bool is_signed, int64_t ldx, int64_t rows, int64_t K,
+                    void* a, int64_t lda);
+  // Rows [m0, m1) and panels [p0, p1) of the problem.
+  void (*gemm)(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+};
+
+// Everything one kernel file provides.
+struct Int8CpuKernels {
+  const char* isa;  // "default", "avx2" or "avx512_vnni"
+  // q[i] = quantize_value(x[i]) for elements [begin, end); params per channel.
+  void (*quantize)(const float* x, void* q, IntType type, ChannelShape shape, int64_t begin,
+                   int64_t end, const float* inv_scale, const float* zero_point, float qmin,
+                   float qmax);
+  // y[i] = (q[i] - z) * s for elements [begin, end).
+  void (*dequantize)(const void* q, IntType type, float* y, ChannelShape shape, int64_t begin,
+                     int64_t end, const float* scale, const float* zero_point);
+  // Quantizes rows of float32 x into uint8 bytes (row stride K): a = q + a_shift, wrapping, so
+  // a_shift = -128 gives the int8 operand torch._int_mm takes.
+  void (*quantize_rows_u8)(const float* x, int64_t ldx, int64_t rows, int64_t K, float inv_s,
+                           float z, float qmin, float qmax, int32_t a_shift, void* a,
+                           int64_t lda);
+  // The epilogue over rows of int32 accumulators (acc [rows, ld_acc]) for columns [0, N).
+  void (*epilogue)(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t N,
+                   const Int8Epilogue& e, float* out, int32_t* out_raw, int64_t ldo);
+  // The GEMM kernel families compiled in this file (nullptr-terminated).
+  const Int8GemmKernel* gemms[3];
+};
+
+const Int8CpuKernels& int8_cpu_kernels_default();
+const Int8CpuKernels& int8_cpu_kernels_avx2();
+const Int8CpuKernels& int8_cpu_kernels_avx512_vnni();
+
+// The element-wise kernels for this CPU: AVX-512 (F, BW, VL, DQ, VNNI), else AVX2 with FMA, else
+// portable; TORCHQAT_CPU_CAPABILITY=default|avx2|avx512 lowers the choice.
+const Int8CpuKernels& int8_cpu_kernels();
+
+// A GEMM kernel by name: "auto" is the best one this CPU runs (TORCHQAT_INT8_KERNEL=<name>
+// overrides it; TORCHQAT_CPU_CAPABILITY lowers it); "int_mm" (torch._int_mm) has no kernel
+// here and returns nullptr. Asking for one the CPU cannot run is an error.
+const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name);
+
+// Names of the GEMM kernels this CPU runs, best first, "int_mm" last.
+std::vector<std::string> int8_cpu_gemm_kernels();
+
+}  // namespace cpu
+}  // namespace torchqat

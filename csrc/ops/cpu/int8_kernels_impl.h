@@ -1,0 +1,468 @@
+// The CPU kernels of the integer operators. Included once per instruction set by
+// int8_kernels_{default,avx2,avx512_vnni}.cpp, each of which first selects the target with
+// `#pragma GCC target` and names the namespace (TORCHQAT_INT8_NS) and the table function
+// (TORCHQAT_INT8_TABLE), so every copy has its own symbols. No ATen here: the files compile fast.
+//
+// Element-wise kernels (quantize, dequantize, epilogue) are plain loops that the compiler
+// vectorises for the file's target; the GEMM micro-kernels are written with intrinsics.
+//
+// GEMM: out[m][n] = epilogue(sum_k a[m][k] * w[n][k]), a unsigned (uint8, or uint8 values held
+// as int16 for AVX2), w int8. W is packed once into panels of `kPanel` columns: panel p holds
+// columns [p * kPanel, (p + 1) * kPanel) with K padded to kKAlign, laid out as
+//   byte (k / kKAlign) * kPanel * kKAlign + column * kKAlign + k % kKAlign
+// so that one vector load gives kKAlign consecutive k of several columns, the operand shape of
+// vpmaddwd (kKAlign = 2) and vpdpbusd (kKAlign = 4). A micro-kernel multiplies kRows rows of A
+// by one panel over the whole K into int32 registers, spills the tile to a small buffer, and the
+// epilogue turns it into the output while it is in L1.
+//
+// Exactness: AVX2 widens both operands to int16 and uses vpmaddwd (int16 x int16 pairs summed
+// into int32: |255 * 128 * 2| < 2^31), never vpmaddubsw, which saturates at 16 bits for
+// 255 * 127 + 255 * 127. vpdpbusd sums four u8 x s8 products into int32 without saturation. The
+// int32 sums cannot overflow for K <= core::kMaxInt8Depth.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(TORCHQAT_INT8_WITH_AVX2) || defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
+#include <immintrin.h>
+#endif
+
+#include "core/quantize.h"
+#include "ops/cpu/int8_kernels.h"
+
+#if !defined(TORCHQAT_INT8_NS) || !defined(TORCHQAT_INT8_TABLE) || !defined(TORCHQAT_INT8_ISA)
+#error "define TORCHQAT_INT8_NS, TORCHQAT_INT8_TABLE and TORCHQAT_INT8_ISA first"
+#endif
+
+namespace torchqat {
+namespace cpu {
+namespace TORCHQAT_INT8_NS {
+namespace {
+
+constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// ------------------------------------------------------------------------------------------
+// Element-wise kernels
+
+// Calls f(b, e, c, gather) for each maximal run [b, e) of [begin, end) that shares a layout:
+// gather (inner == 1, several channels): element b + j has channel c + j; else all have c.
+template <typename F>
+inline void for_each_run(const ChannelShape& sh, int64_t begin, int64_t end, const F& f) {
+  int64_t i = begin;
+  if (sh.inner == 1 && sh.channels > 1) {
+    while (i < end) {
+      const int64_t c = i % sh.channels;
+      const int64_t stop = std::min(end, i + (sh.channels - c));
+      f(i, stop, c, true);
+      i = stop;
+    }
+  } else {
+    while (i < end) {
+      const int64_t row = i / sh.inner;
+      const int64_t stop = std::min(end, (row + 1) * sh.inner);
+      f(i, stop, row % sh.channels, false);
+      i = stop;
+    }
+  }
+}
+
+template <typename OutT>
+inline OutT quantize_one(float x, float inv_s, float z, float qmin, float qmax) {
+  return static_cast<OutT>(
+      static_cast<int32_t>(core::quantize_value<float>(x, inv_s, z, qmin, qmax)));
+}
+
+template <typename OutT>
+void quantize_typed(const float* x, OutT* q, const ChannelShape& sh, int64_t begin, int64_t end,
+                    const float* inv_s, const float* z, float qmin, float qmax) {
+  for_each_run(sh, begin, end, [&](int64_t b, int64_t e, int64_t c, bool gather) {
+    const float* xb = x + b;
+    OutT* qb = q + b;
+    const int64_t n = e - b;
+    if (gather) {
+      const float* is = inv_s + c;
+      const float* zc = z + c;
+      for (int64_t j = 0; j < n; ++j) qb[j] = quantize_one<OutT>(xb[j], is[j], zc[j], qmin, qmax);
+    } else {
+      const float is = inv_s[c], zc = z[c];
+      for (int64_t j = 0; j < n; ++j) qb[j] = quantize_one<OutT>(xb[j], is, zc, qmin, qmax);
+    }
+  });
+}
+
+void quantize(const float* x, void* q, IntType type, ChannelShape sh, int64_t begin, int64_t end,
+              const float* inv_s, const float* z, float qmin, float qmax) {
+  switch (type) {
+    case IntType::kUInt8:
+      return quantize_typed(x, static_cast<uint8_t*>(q), sh, begin, end, inv_s, z, qmin, qmax);
+    case IntType::kInt8:
+      return quantize_typed(x, static_cast<int8_t*>(q), sh, begin, end, inv_s, z, qmin, qmax);
+    case IntType::kInt16:
+      return quantize_typed(x, static_cast<int16_t*>(q), sh, begin, end, inv_s, z, qmin, qmax);
+    case IntType::kInt32:
+      return quantize_typed(x, static_cast<int32_t*>(q), sh, begin, end, inv_s, z, qmin, qmax);
+  }
+}
+
+template <typename InT>
+void dequantize_typed(const InT* q, float* y, const ChannelShape& sh, int64_t begin, int64_t end,
+                      const float* s, const float* z) {
+  for_each_run(sh, begin, end, [&](int64_t b, int64_t e, int64_t c, bool gather) {
+    const InT* qb = q + b;
+    float* yb = y + b;
+    const int64_t n = e - b;
+    if (gather) {
+      const float* sc = s + c;
+      const float* zc = z + c;
+      for (int64_t j = 0; j < n; ++j) {
+        yb[j] = core::dequantize_value(static_cast<float>(qb[j]), sc[j], zc[j]);
+      }
+    } else {
+      const float sc = s[c], zc = z[c];
+      for (int64_t j = 0; j < n; ++j) {
+        yb[j] = core::dequantize_value(static_cast<float>(qb[j]), sc, zc);
+      }
+    }
+  });
+}
+
+void dequantize(const void* q, IntType type, float* y, ChannelShape sh, int64_t begin,
+                int64_t end, const float* s, const float* z) {
+  switch (type) {
+    case IntType::kUInt8:
+      return dequantize_typed(static_cast<const uint8_t*>(q), y, sh, begin, end, s, z);
+    case IntType::kInt8:
+      return dequantize_typed(static_cast<const int8_t*>(q), y, sh, begin, end, s, z);
+    case IntType::kInt16:
+      return dequantize_typed(static_cast<const int16_t*>(q), y, sh, begin, end, s, z);
+    case IntType::kInt32:
+      return dequantize_typed(static_cast<const int32_t*>(q), y, sh, begin, end, s, z);
+  }
+}
+
+// The epilogue of a block: rows of int32 accumulators (stride ld_acc) for output columns
+// [n0, n0 + cols); out / out_raw point at (row 0, column n0), stride ldo.
+template <bool kAffine, bool kRelu>
+void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,
+                    const Int8Epilogue& e, float* out, int64_t ldo) {
+  const int32_t* off = e.offset + n0;
+  const float* alpha = e.alpha + n0;
+  const float* bias = e.bias + n0;
+  const float* mult = kAffine ? e.multiplier + n0 : nullptr;
+  const float* shift = kAffine ? e.shift + n0 : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* ar = acc + r * ld_acc;
+    float* o = out + r * ldo;
+    for (int64_t j = 0; j < cols; ++j) {
+      float t = core::linear_epilogue(ar[j] - off[j], alpha[j], bias[j]);
+      if constexpr (kAffine) t = core::fused_multiply_add(t, mult[j], shift[j]);
+      if constexpr (kRelu) t = t > 0.0f ? t : 0.0f;
+      o[j] = t;
+    }
+  }
+}
+
+void epilogue_block(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,
+                    const Int8Epilogue& e, float* out, int32_t* out_raw, int64_t ldo) {
+  if (e.raw_out) {
+    const int32_t* off = e.offset + n0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* ar = acc + r * ld_acc;
+      int32_t* o = out_raw + r * ldo;
+      for (int64_t j = 0; j < cols; ++j) o[j] = ar[j] - off[j];
+    }
+    return;
+  }
+  const bool affine = e.multiplier != nullptr;
+  if (affine && e.relu) return epilogue_float<true, true>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  if (affine) return epilogue_float<true, false>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  if (e.relu) return epilogue_float<false, true>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  return epilogue_float<false, false>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+}
+
+void epilogue(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t N, const Int8Epilogue& e,
+              float* out, int32_t* out_raw, int64_t ldo) {
+  epilogue_block(acc, ld_acc, rows, 0, N, e, out, out_raw, ldo);
+}
+
+// ------------------------------------------------------------------------------------------
+// GEMM: packing and the driver shared by every micro-kernel
+
+template <class Micro>
+int64_t packed_b_bytes(int64_t N, int64_t K) {
+  return round_up(N, Micro::kPanel) * round_up(K, Micro::kKAlign);
+}
+
+template <class Micro>
+void pack_b(const int8_t* w, int64_t N, int64_t K, int8_t* packed) {
+  constexpr int64_t P = Micro::kPanel, A = Micro::kKAlign;
+  const int64_t kp = round_up(K, A);
+  const int64_t panels = round_up(N, P) / P;
+  std::memset(packed, 0, static_cast<size_t>(panels * P * kp));
+  for (int64_t p = 0; p < panels; ++p) {
+    int8_t* out = packed + p * P * kp;
+    for (int64_t c = 0; c < P && p * P + c < N; ++c) {
+      const int8_t* row = w + (p * P + c) * K;
+      for (int64_t k = 0; k < K; ++k) out[(k / A) * P * A + c * A + k % A] = row[k];
+    }
+  }
+}
+
+template <typename AType>
+void quantize_a(const float* x, int64_t ldx, int64_t rows, int64_t K, float inv_s, float z,
+                float qmin, float qmax, int32_t a_shift, void* a_, int64_t lda) {
+  auto* a = static_cast<AType*>(a_);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    AType* ar = a + r * lda;
+    for (int64_t k = 0; k < K; ++k) {
+      // Through uint32 so that a negative shift (the int8 operand of torch._int_mm) wraps.
+      ar[k] = static_cast<AType>(static_cast<uint32_t>(
+          static_cast<int32_t>(core::quantize_value<float>(xr[k], inv_s, z, qmin, qmax)) +
+          a_shift));
+    }
+    for (int64_t k = K; k < lda; ++k) ar[k] = 0;
+  }
+}
+
+template <typename AType>
+void convert_a(const void* src, bool is_signed, int64_t ldx, int64_t rows, int64_t K, void* a_,
+               int64_t lda) {
+  auto* a = static_cast<AType*>(a_);
+  for (int64_t r = 0; r < rows; ++r) {
+    AType* ar = a + r * lda;
+    if (is_signed) {
+      const int8_t* s = static_cast<const int8_t*>(src) + r * ldx;
+      for (int64_t k = 0; k < K; ++k) ar[k] = static_cast<AType>(static_cast<int32_t>(s[k]) + 128);
+    } else {
+      const uint8_t* s = static_cast<const uint8_t*>(src) + r * ldx;
+      for (int64_t k = 0; k < K; ++k) ar[k] = static_cast<AType>(s[k]);
+    }
+    for (int64_t k = K; k < lda; ++k) ar[k] = 0;
+  }
+}
+
+// Runs Micro::run<rows> for a run-time rows in [1, Micro::kRows].
+template <class Micro, int R = Micro::kRows>
+inline void run_rows(int64_t rows, int64_t kp, const typename Micro::AType* a, int64_t lda,
+                     const int8_t* b, int32_t* acc) {
+  if (rows == R) return Micro::template run<R>(kp, a, lda, b, acc);
+  if constexpr (R > 1) run_rows<Micro, R - 1>(rows, kp, a, lda, b, acc);
+}
+
+template <class Micro>
+void gemm(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  constexpr int64_t P = Micro::kPanel;
+  const int64_t kp = round_up(g.K, Micro::kKAlign);
+  const auto* a = static_cast<const typename Micro::AType*>(g.a);
+  alignas(64) int32_t acc[Micro::kRows * P];
+  for (int64_t p = p0; p < p1; ++p) {
+    const int8_t* b = g.b_packed + p * P * kp;
+    const int64_t n0 = p * P;
+    const int64_t cols = std::min(P, g.N - n0);
+    for (int64_t m = m0; m < m1; m += Micro::kRows) {
+      const int64_t rows = std::min<int64_t>(Micro::kRows, m1 - m);
+      run_rows<Micro>(rows, kp, a + m * g.lda, g.lda, b, acc);
+      epilogue_block(acc, P, rows, n0, cols, g.epilogue, g.out ? g.out + m * g.ldo + n0 : nullptr,
+                     g.out_raw ? g.out_raw + m * g.ldo + n0 : nullptr, g.ldo);
+    }
+  }
+}
+
+template <class Micro>
+constexpr Int8GemmKernel make_gemm_kernel(const char* name, int64_t block_rows) {
+  return {name,
+          Micro::kPanel,
+          Micro::kKAlign,
+          static_cast<int64_t>(sizeof(typename Micro::AType)),
+          block_rows,
+          &packed_b_bytes<Micro>,
+          &pack_b<Micro>,
+          &quantize_a<typename Micro::AType>,
+          &convert_a<typename Micro::AType>,
+          &gemm<Micro>};
+}
+
+// ------------------------------------------------------------------------------------------
+// Micro-kernels: run<R>(kp, a, lda, b, acc) writes acc[r * kPanel + c] = sum_k a[r][k] * b[k][c]
+// for r < R, every column of the panel.
+
+// The plain loop (no SIMD intent), the reference the others are tested against.
+struct ReferenceMicro {
+  using AType = uint8_t;
+  static constexpr int64_t kPanel = 8;
+  static constexpr int64_t kKAlign = 1;
+  static constexpr int kRows = 4;
+
+  template <int R>
+  static void run(int64_t kp, const uint8_t* a, int64_t lda, const int8_t* b, int32_t* acc) {
+    for (int r = 0; r < R; ++r) {
+      for (int64_t c = 0; c < kPanel; ++c) {
+        int32_t sum = 0;
+        for (int64_t k = 0; k < kp; ++k) {
+          sum += static_cast<int32_t>(a[r * lda + k]) * static_cast<int32_t>(b[k * kPanel + c]);
+        }
+        acc[r * kPanel + c] = sum;
+      }
+    }
+  }
+};
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+#if defined(TORCHQAT_INT8_WITH_AVX2)
+// AVX2: A as int16 pairs broadcast to every lane, B widened from int8 to int16 on load,
+// vpmaddwd + vpaddd. 6 rows x 16 columns: 12 accumulators, 2 B vectors, 1 A vector.
+struct Avx2Micro {
+  using AType = int16_t;
+  static constexpr int64_t kPanel = 16;
+  static constexpr int64_t kKAlign = 2;
+  static constexpr int kRows = 6;
+
+  template <int R>
+  static void run(int64_t kp, const int16_t* a, int64_t lda, const int8_t* b, int32_t* acc) {
+    __m256i c0[R], c1[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < kp; k += 2, b += 32) {
+      const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+      const __m256i b1 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256i av = _mm256_set1_epi32(load_i32(a + r * lda + k));
+        c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(av, b0));
+        c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(av, b1));
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(acc + r * kPanel), c0[r]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(acc + r * kPanel + 8), c1[r]);
+    }
+  }
+};
+
+// vpdpbusd on two 256-bit halves, exactly: bytes split into even and odd int16 lanes (unsigned
+// for A, sign-extended for B), two vpmaddwd. Runs the VNNI kernel's packing and blocking on
+// AVX2 machines, so that its logic is tested where the instruction is missing.
+struct EmulatedVnniOps {
+  struct V {
+    __m256i lo, hi;
+  };
+  static V zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+  static V load(const int8_t* p) {
+    return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))};
+  }
+  static V broadcast(int32_t v) { return {_mm256_set1_epi32(v), _mm256_set1_epi32(v)}; }
+  static __m256i dpbusd_half(__m256i acc, __m256i a, __m256i b) {
+    const __m256i a_even = _mm256_and_si256(a, _mm256_set1_epi16(0x00ff));
+    const __m256i a_odd = _mm256_srli_epi16(a, 8);
+    const __m256i b_even = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
+    const __m256i b_odd = _mm256_srai_epi16(b, 8);
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(a_even, b_even),
+                                                  _mm256_madd_epi16(a_odd, b_odd)));
+  }
+  static V dpbusd(V acc, V a, V b) {
+    return {dpbusd_half(acc.lo, a.lo, b.lo), dpbusd_half(acc.hi, a.hi, b.hi)};
+  }
+  static void store(int32_t* p, V v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v.lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 8), v.hi);
+  }
+};
+#endif  // TORCHQAT_INT8_WITH_AVX2
+
+#if defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
+struct Avx512VnniOps {
+  using V = __m512i;
+  static V zero() { return _mm512_setzero_si512(); }
+  static V load(const int8_t* p) { return _mm512_loadu_si512(p); }
+  static V broadcast(int32_t v) { return _mm512_set1_epi32(v); }
+  static V dpbusd(V acc, V a, V b) { return _mm512_dpbusd_epi32(acc, a, b); }
+  static void store(int32_t* p, V v) { _mm512_storeu_si512(p, v); }
+};
+#endif
+
+#if defined(TORCHQAT_INT8_WITH_AVX2) || defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
+// AVX-512 VNNI: 4 bytes of A broadcast to every lane, vpdpbusd against 4 k of 16 columns.
+// 6 rows x 64 columns: 24 accumulators, 4 B vectors, 1 A vector (29 of 32 zmm registers).
+template <class Ops>
+struct VnniMicro {
+  using AType = uint8_t;
+  static constexpr int64_t kPanel = 64;
+  static constexpr int64_t kKAlign = 4;
+  static constexpr int kRows = 6;
+
+  template <int R>
+  static void run(int64_t kp, const uint8_t* a, int64_t lda, const int8_t* b, int32_t* acc) {
+    using V = decltype(Ops::zero());
+    V c[R][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) c[r][v] = Ops::zero();
+    }
+    for (int64_t k = 0; k < kp; k += 4, b += 256) {
+      const V b0 = Ops::load(b), b1 = Ops::load(b + 64), b2 = Ops::load(b + 128),
+              b3 = Ops::load(b + 192);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const V av = Ops::broadcast(load_i32(a + r * lda + k));
+        c[r][0] = Ops::dpbusd(c[r][0], av, b0);
+        c[r][1] = Ops::dpbusd(c[r][1], av, b1);
+        c[r][2] = Ops::dpbusd(c[r][2], av, b2);
+        c[r][3] = Ops::dpbusd(c[r][3], av, b3);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) Ops::store(acc + r * kPanel + 16 * v, c[r][v]);
+    }
+  }
+};
+#endif
+
+// Rows per host task: enough to reuse each B panel from L1/L2 across micro-kernels while the
+// task's A block (rows x K) stays in L2.
+#if defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
+constexpr Int8GemmKernel kVnniKernel = make_gemm_kernel<VnniMicro<Avx512VnniOps>>("avx512_vnni", 48);
+#elif defined(TORCHQAT_INT8_WITH_AVX2)
+constexpr Int8GemmKernel kAvx2Kernel = make_gemm_kernel<Avx2Micro>("avx2", 48);
+constexpr Int8GemmKernel kVnniEmulatedKernel =
+    make_gemm_kernel<VnniMicro<EmulatedVnniOps>>("vnni_emulated", 48);
+#else
+constexpr Int8GemmKernel kReferenceKernel = make_gemm_kernel<ReferenceMicro>("reference", 32);
+#endif
+
+}  // namespace
+}  // namespace TORCHQAT_INT8_NS
+
+const Int8CpuKernels& TORCHQAT_INT8_TABLE() {
+  using namespace TORCHQAT_INT8_NS;
+  static const Int8CpuKernels kernels{TORCHQAT_INT8_ISA,
+                                      &quantize,
+                                      &dequantize,
+                                      &quantize_a<uint8_t>,
+                                      &epilogue,
+#if defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
+                                      {&kVnniKernel, nullptr, nullptr}
+#elif defined(TORCHQAT_INT8_WITH_AVX2)
+                                      {&kAvx2Kernel, &kVnniEmulatedKernel, nullptr}
+#else
+                                      {&kReferenceKernel, nullptr, nullptr}
+#endif
+  };
+  return kernels;
+}
+
+}  // namespace cpu
+}  // namespace torchqat

@@ -1,0 +1,137 @@
+#include "ops/packed_linear.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "core/quantize.h"
+
+namespace torchqat {
+namespace ops {
+namespace {
+
+constexpr const char* kOp = "PackedLinear";
+
+std::string shape_string(const at::Tensor& t) {
+  std::ostringstream ss;
+  ss << t.sizes();
+  return ss.str();
+}
+
+// A per-output-channel float vector: floating dtype, [N], CPU; returned as contiguous float32.
+at::Tensor channel_vector(const at::Tensor& t, const char* name, int64_t n) {
+  TORCH_CHECK(t.defined(), kOp, ": ", name, " must be a tensor");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), kOp, ": ", name,
+              " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, kOp, ": ", name, " must have shape [", n,
+              "] (out_features), got shape ", shape_string(t));
+  TORCH_CHECK(t.is_cpu(), kOp, ": ", name, " must be a CPU tensor, got one on ", t.device());
+  at::Tensor f = t.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  TORCH_CHECK(at::isfinite(f).all().item<bool>(), kOp, ": ", name, " must be finite");
+  return f;
+}
+
+}  // namespace
+
+PackedLinear::PackedLinear(const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& out_multiplier,
+                           const std::optional<at::Tensor>& out_shift, const std::string& kernel) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar, kOp, ": weight must be int8, got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, kOp, ": weight must have shape [out_features, in_features], "
+              "got shape ", shape_string(weight));
+  TORCH_CHECK(weight.is_cpu(), kOp, ": weight must be a CPU tensor, got one on ",
+              weight.device());
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(N > 0 && K > 0, kOp, ": weight must have at least one output and one input "
+              "feature, got shape ", shape_string(weight));
+  TORCH_CHECK(K <= core::kMaxInt8Depth, kOp, ": in_features must be at most ",
+              core::kMaxInt8Depth, " (so that int32 accumulators cannot overflow), got ", K);
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat, kOp, ": weight_scale must be float32, got ",
+              weight_scale.scalar_type());
+  weight_scale_ = channel_vector(weight_scale, "weight_scale", N);
+  TORCH_CHECK((weight_scale_ > 0).all().item<bool>(), kOp,
+              ": weight_scale must be positive, got minimum ", weight_scale_.min().item<float>());
+  weight_ = weight.detach().clone(at::MemoryFormat::Contiguous);
+  if (bias.has_value()) bias_ = channel_vector(*bias, "bias", N);
+  TORCH_CHECK(out_multiplier.has_value() == out_shift.has_value(), kOp,
+              ": out_multiplier and out_shift must be given together (a folded BatchNorm), got ",
+              out_multiplier.has_value() ? "only out_multiplier" : "only out_shift");
+  if (out_multiplier.has_value()) {
+    out_multiplier_ = channel_vector(*out_multiplier, "out_multiplier", N);
+    out_shift_ = channel_vector(*out_shift, "out_shift", N);
+  }
+
+  gemm_ = cpu::find_int8_gemm(kernel, &kernel_);
+  if (gemm_ != nullptr) {
+    packed_ = at::empty({gemm_->packed_b_bytes(N, K)}, at::TensorOptions().dtype(at::kChar));
+    gemm_->pack_b(weight_.const_data_ptr<int8_t>(), N, K, packed_.mutable_data_ptr<int8_t>());
+  } else {
+    packed_ = weight_.t().contiguous();  // torch._int_mm's [K, N]
+  }
+  col_sum_ = weight_.sum(1, /*keepdim=*/false, at::kInt).contiguous();
+  bias_or_zeros_ = bias_.has_value() ? *bias_ : at::zeros({N}, at::TensorOptions().dtype(at::kFloat));
+}
+
+PackedLinear::State PackedLinear::state() const {
+  c10::Dict<std::string, at::Tensor> d;
+  d.insert("weight", weight_);
+  d.insert("weight_scale", weight_scale_);
+  if (bias_.has_value()) d.insert("bias", *bias_);
+  if (out_multiplier_.has_value()) {
+    d.insert("out_multiplier", *out_multiplier_);
+    d.insert("out_shift", *out_shift_);
+  }
+  return {kFormatVersion, d};
+}
+
+c10::intrusive_ptr<PackedLinear> PackedLinear::from_state(State state) {
+  const int64_t version = std::get<0>(state);
+  TORCH_CHECK(version == kFormatVersion, kOp, ": cannot load packed weights of format version ",
+              version, "; this build of torchqat reads version ", kFormatVersion,
+              " (the file was written by another torchqat version, or is damaged)");
+  const c10::Dict<std::string, at::Tensor>& d = std::get<1>(state);
+  for (const auto& entry : d) {
+    const std::string& key = entry.key();
+    TORCH_CHECK(key == "weight" || key == "weight_scale" || key == "bias" ||
+                    key == "out_multiplier" || key == "out_shift",
+                kOp, ": unknown entry '", key, "' in saved packed weights of format version ",
+                version);
+  }
+  TORCH_CHECK(d.contains("weight") && d.contains("weight_scale"), kOp,
+              ": saved packed weights of format version ", version,
+              " lack 'weight' or 'weight_scale'");
+  const auto get = [&](const char* key) -> std::optional<at::Tensor> {
+    return d.contains(key) ? std::optional<at::Tensor>(d.at(key)) : std::nullopt;
+  };
+  return c10::make_intrusive<PackedLinear>(d.at("weight"), d.at("weight_scale"), get("bias"),
+                                           get("out_multiplier"), get("out_shift"), "auto");
+}
+
+void register_packed_linear_class() {
+  static const auto cls =
+      torch::class_<PackedLinear>("torchqat", "PackedLinear")
+          .def(torch::init<at::Tensor, at::Tensor, std::optional<at::Tensor>,
+                           std::optional<at::Tensor>, std::optional<at::Tensor>, std::string>())
+          .def("in_features", &PackedLinear::in_features)
+          .def("out_features", &PackedLinear::out_features)
+          .def("weight", &PackedLinear::weight)
+          .def("weight_scale", &PackedLinear::weight_scale)
+          .def("bias", &PackedLinear::bias)
+          .def("out_multiplier", &PackedLinear::out_multiplier)
+          .def("out_shift", &PackedLinear::out_shift)
+          .def("kernel", &PackedLinear::kernel)
+          .def_pickle(
+              [](const c10::intrusive_ptr<PackedLinear>& self) -> PackedLinear::State {
+                return self->state();
+              },
+              [](PackedLinear::State state) -> c10::intrusive_ptr<PackedLinear> {
+                return PackedLinear::from_state(std::move(state));
+              });
+  (void)cls;
+}
+
+}  // namespace ops
+}  // namespace torchqat

@@ -1,0 +1,68 @@
+// PackedLinear: the weights of an INT8 linear layer, packed once for the machine's GEMM kernel.
+// A TorchScript custom class (torch.classes.torchqat.PackedLinear), so that scripted INT8 models
+// hold it as an attribute and save it. Saving writes the unpacked parameters with a format
+// version; loading re-packs them for the CPU it runs on.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/Dict.h>
+#include <torch/custom_class.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "ops/cpu/int8_kernels.h"
+
+namespace torchqat {
+namespace ops {
+
+class PackedLinear : public torch::CustomClassHolder {
+ public:
+  // Version 1: {"weight": int8 [N, K], "weight_scale": float32 [N], and optionally "bias",
+  // "out_multiplier", "out_shift": float32 [N]}.
+  static constexpr int64_t kFormatVersion = 1;
+  using State = std::tuple<int64_t, c10::Dict<std::string, at::Tensor>>;
+
+  // weight: int8 [N, K] (per-channel symmetric, normally in [-127, 127]); weight_scale: [N] > 0;
+  // bias, out_multiplier, out_shift: [N] (the last two together: a folded BatchNorm).
+  // kernel: "auto" or a name from torch.ops.torchqat.int8_linear_kernels().
+  PackedLinear(const at::Tensor& weight, const at::Tensor& weight_scale,
+               const std::optional<at::Tensor>& bias,
+               const std::optional<at::Tensor>& out_multiplier,
+               const std::optional<at::Tensor>& out_shift, const std::string& kernel);
+
+  int64_t in_features() const { return weight_.size(1); }
+  int64_t out_features() const { return weight_.size(0); }
+  at::Tensor weight() const { return weight_; }
+  at::Tensor weight_scale() const { return weight_scale_; }
+  std::optional<at::Tensor> bias() const { return bias_; }
+  std::optional<at::Tensor> out_multiplier() const { return out_multiplier_; }
+  std::optional<at::Tensor> out_shift() const { return out_shift_; }
+  // The kernel the weights are packed for ("auto" resolved).
+  std::string kernel() const { return kernel_; }
+
+  // Packed form, for the CPU operators.
+  const cpu::Int8GemmKernel* gemm() const { return gemm_; }  // nullptr: torch._int_mm
+  const at::Tensor& packed_weight() const { return packed_; }  // gemm's panels, or int8 [K, N]
+  const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
+  const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
+
+  State state() const;
+  static c10::intrusive_ptr<PackedLinear> from_state(State state);
+
+ private:
+  at::Tensor weight_, weight_scale_;
+  std::optional<at::Tensor> bias_, out_multiplier_, out_shift_;
+  std::string kernel_;
+  const cpu::Int8GemmKernel* gemm_ = nullptr;
+  at::Tensor packed_, col_sum_, bias_or_zeros_;
+};
+
+// Registers torch.classes.torchqat.PackedLinear once. Every registration block that names the
+// class calls it first (registration.cpp's schemas, the kernels' inferred signatures), since
+// static initialisers of different files run in no fixed order.
+void register_packed_linear_class();
+
+}  // namespace ops
+}  // namespace torchqat
