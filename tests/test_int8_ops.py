@@ -9,10 +9,7 @@ subprocesses.
 """
 
 import io
-import os
 import pickletools
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -24,6 +21,8 @@ from torchqat import int8
 
 ops = torch.ops.torchqat
 KERNELS = int8.available_kernels()
+# What "auto" packs for in this process (TORCHQAT_CPU_CAPABILITY may lower it).
+AUTO_KERNEL = int8.pack_linear(torch.ones(1, 1, dtype=torch.int8), torch.ones(1)).kernel()
 U = 2.0**-24  # unit roundoff of float32
 
 
@@ -394,7 +393,7 @@ def test_packed_linear_reads_back():
     assert torch.equal(packed.weight(), q_w) and torch.equal(packed.weight_scale(), s_w)
     assert torch.equal(packed.bias(), b)
     assert torch.equal(packed.out_multiplier(), mult) and torch.equal(packed.out_shift(), shift)
-    assert packed.kernel() == KERNELS[0]
+    assert packed.kernel() == AUTO_KERNEL
     bare = int8.pack_linear(q_w, s_w)
     assert bare.bias() is None and bare.out_multiplier() is None and bare.out_shift() is None
     # The packed object owns a copy: changing the caller's tensor does not change it.
@@ -423,7 +422,7 @@ def test_packed_linear_torchscript_save_load(kernel):
     assert torch.equal(m(x), expected)
     assert torch.equal(loaded(x), expected)
     # Loading re-packs for this machine ("auto"), from the unpacked weights it saved.
-    assert loaded.packed.kernel() == KERNELS[0]
+    assert loaded.packed.kernel() == AUTO_KERNEL
     assert torch.equal(loaded.packed.weight(), q_w)
     assert torch.equal(loaded.packed.out_shift(), shift)
 
@@ -462,24 +461,32 @@ def test_packed_linear_unknown_version_raises():
         torch.jit.load(io.BytesIO(with_version(data, 7)))
 
 
-def test_auto_kernel_follows_environment():
-    code = (
-        "import torch, torchqat.int8 as i;"
-        "p = i.pack_linear(torch.ones(3, 5, dtype=torch.int8), torch.ones(3));"
-        "print(p.kernel())"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-
-    def run(**extra):
-        e = {k: v for k, v in env.items() if k not in ("TORCHQAT_CPU_CAPABILITY", "TORCHQAT_INT8_KERNEL")}
-        e.update(extra)
-        r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else r.stderr
-
-    assert run() == KERNELS[0]
-    assert run(TORCHQAT_CPU_CAPABILITY="default") == "reference"
-    assert run(TORCHQAT_INT8_KERNEL="int_mm") == "int_mm"
-    assert "int8 kernel must be" in run(TORCHQAT_INT8_KERNEL="bogus")
+def test_auto_kernel_follows_environment(monkeypatch):
+    """"auto" reads the variables at every packing (the element-wise kernels, chosen once per
+    process, were chosen before this test by the calls above; test_int8_isa.py covers them)."""
+    torch.ops.torchqat.cpu_capability()
+    int8.quantize(torch.ones(2), torch.ones(1), torch.zeros(1), 0, 255)
+    w, s = torch.ones(3, 5, dtype=torch.int8), torch.ones(3)
+    monkeypatch.delenv("TORCHQAT_INT8_KERNEL", raising=False)
+    monkeypatch.delenv("TORCHQAT_CPU_CAPABILITY", raising=False)
+    assert int8.pack_linear(w, s).kernel() == KERNELS[0]  # the best this CPU runs
+    monkeypatch.setenv("TORCHQAT_CPU_CAPABILITY", "default")
+    assert int8.pack_linear(w, s).kernel() == "reference"
+    if "avx2" in KERNELS:
+        monkeypatch.setenv("TORCHQAT_CPU_CAPABILITY", "avx2")
+        assert int8.pack_linear(w, s).kernel() == "avx2"
+    monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "int_mm")  # wins over the capability
+    assert int8.pack_linear(w, s).kernel() == "int_mm"
+    assert int8.pack_linear(w, s, kernel="reference").kernel() == "reference"  # explicit wins
+    monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "bogus")
+    with pytest.raises(RuntimeError, match="int8 kernel must be 'auto', 'avx512_vnni', 'avx2', "
+                                           "'reference', 'int_mm' or 'vnni_emulated', got 'bogus'"):
+        int8.pack_linear(w, s)
+    monkeypatch.delenv("TORCHQAT_INT8_KERNEL")
+    monkeypatch.setenv("TORCHQAT_CPU_CAPABILITY", "sse9")
+    with pytest.raises(RuntimeError, match="TORCHQAT_CPU_CAPABILITY must be default, avx2 or "
+                                           "avx512, got 'sse9'"):
+        int8.pack_linear(w, s)
 
 
 def test_unavailable_kernel_raises():
