@@ -573,3 +573,35 @@ def test_int8_linear_errors():
     with pytest.raises(RuntimeError, match=r"int8_matmul: input_zero_point must lie in "
                                            r"\[-128, 127\] for Char input, got 200"):
         int8.int8_matmul(x.to(torch.int8), 200, packed)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile and torch.export (PackedLinear has a fake class in torchqat/_ops.py)
+
+
+class CompiledInt8Module(torch.nn.Module):
+    def __init__(self, packed):
+        super().__init__()
+        self.packed = packed
+        self.register_buffer("s_x", torch.tensor([0.05]))
+        self.register_buffer("z_x", torch.tensor([-3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.torchqat.int8_linear(torch.relu(x) - 0.5, self.s_x, self.z_x, -128, 127,
+                                           self.packed, "silu")
+        return y * 2
+
+
+def test_int8_linear_torch_compile_and_export():
+    g = gen(41)
+    _, s_w, q_w, b, mult, shift = make_layer(6, 24, g, bias=True, bn=True)
+    m = CompiledInt8Module(int8.pack_linear(q_w, s_w, b, mult, shift))
+    x = torch.randn(2, 3, 24, generator=g)
+    expected = m(x)
+    assert torch.equal(torch.compile(m, backend="eager", fullgraph=True)(x), expected)
+    ep = torch.export.export(m, (x,), strict=False)
+    assert any(n.target is torch.ops.torchqat.int8_linear.default for n in ep.graph.nodes)
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    buf.seek(0)
+    assert torch.equal(torch.export.load(buf).module()(x), expected)

@@ -123,6 +123,19 @@ void register_packed_linear_class() {
           .def("out_multiplier", &PackedLinear::out_multiplier)
           .def("out_shift", &PackedLinear::out_shift)
           .def("kernel", &PackedLinear::kernel)
+          // (name, value) pairs that torch.compile / torch.export turn into the fake object of
+          // python/torchqat/_ops.py, so that traced graphs can carry a PackedLinear. The names
+          // must differ from the methods', which the fake object gets too.
+          .def("__obj_flatten__",
+               [](const c10::intrusive_ptr<PackedLinear>& self) {
+                 return std::make_tuple(
+                     std::make_tuple(std::string("w_int8"), self->weight()),
+                     std::make_tuple(std::string("w_scale"), self->weight_scale()),
+                     std::make_tuple(std::string("b"), self->bias()),
+                     std::make_tuple(std::string("bn_multiplier"), self->out_multiplier()),
+                     std::make_tuple(std::string("bn_shift"), self->out_shift()),
+                     std::make_tuple(std::string("kernel_name"), self->kernel()));
+               })
           .def_pickle(
               [](const c10::intrusive_ptr<PackedLinear>& self) -> PackedLinear::State {
                 return self->state();

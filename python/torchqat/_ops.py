@@ -112,3 +112,56 @@ def _quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=None):
 @torch.library.register_fake("torchqat::dequantize")
 def _dequantize_fake(input, scale, zero_point, axis=None):
     return torch.empty_like(input, dtype=torch.float32)
+
+
+@torch._library.register_fake_class("torchqat::PackedLinear")
+class _FakePackedLinear:
+    """What torch.compile / torch.export see of a PackedLinear while tracing: the tensors of
+    its __obj_flatten__ (as fake tensors), and the same methods."""
+
+    def __init__(self, w_int8, w_scale, b, bn_multiplier, bn_shift, kernel_name):
+        self.w_int8 = w_int8
+        self.w_scale = w_scale
+        self.b = b
+        self.bn_multiplier = bn_multiplier
+        self.bn_shift = bn_shift
+        self.kernel_name = kernel_name
+
+    @classmethod
+    def __obj_unflatten__(cls, flat):
+        return cls(**dict(flat))
+
+    def in_features(self):
+        return self.w_int8.shape[1]
+
+    def out_features(self):
+        return self.w_int8.shape[0]
+
+    def weight(self):
+        return self.w_int8
+
+    def weight_scale(self):
+        return self.w_scale
+
+    def bias(self):
+        return self.b
+
+    def out_multiplier(self):
+        return self.bn_multiplier
+
+    def out_shift(self):
+        return self.bn_shift
+
+    def kernel(self):
+        return self.kernel_name
+
+
+@torch.library.register_fake("torchqat::int8_linear")
+def _int8_linear_fake(input, input_scale, input_zero_point, quant_min, quant_max, packed,
+                      activation="none"):
+    return input.new_empty((*input.shape[:-1], packed.out_features()), dtype=torch.float32)
+
+
+@torch.library.register_fake("torchqat::int8_matmul")
+def _int8_matmul_fake(input, input_zero_point, packed):
+    return input.new_empty((*input.shape[:-1], packed.out_features()), dtype=torch.int32)
