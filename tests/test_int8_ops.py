@@ -592,6 +592,21 @@ class CompiledInt8Module(torch.nn.Module):
         return y * 2
 
 
+def test_int8_linear_opcheck():
+    """opcheck's schema and AOT-dispatch utilities call len() / == on every argument, which a
+    TorchScript class does not implement; the fake kernel and the autograd registration are
+    checked here, and tracing by the test below."""
+    g = gen(40)
+    _, s_w, q_w, b, _, _ = make_layer(6, 24, g)
+    packed = int8.pack_linear(q_w, s_w, b)
+    utils = ("test_autograd_registration", "test_faketensor")
+    x = torch.randn(3, 24, generator=g)
+    torch.library.opcheck(ops.int8_linear, (x, torch.tensor([0.1]), torch.tensor([3]), 0, 255,
+                                            packed, "relu"), test_utils=utils)
+    a = randint(0, 255, (3, 24), torch.uint8, g)
+    torch.library.opcheck(ops.int8_matmul, (a, 3, packed), test_utils=utils)
+
+
 def test_int8_linear_torch_compile_and_export():
     g = gen(41)
     _, s_w, q_w, b, mult, shift = make_layer(6, 24, g, bias=True, bn=True)
