@@ -310,6 +310,12 @@ struct ReferenceMicro {
   }
 };
 
+// How far ahead in the packed B stream the micro-kernels prefetch. On the (shared, noisy) build
+// machine the hardware prefetcher alone read a cold 4096 x 4096 matrix-vector product at about
+// 8 GB/s; prefetching 2 KB ahead gave 9-11 GB/s, and an M = 32, N = 4096, K = 1024 product
+// about 10-15% more throughput.
+constexpr int64_t kPrefetchBytes = 2048;
+
 inline int32_t load_i32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
@@ -331,6 +337,7 @@ struct Avx2Micro {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_si256();
     for (int64_t k = 0; k < kp; k += 2, b += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetchBytes), _MM_HINT_T0);
       const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
       const __m256i b1 =
           _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
@@ -411,6 +418,11 @@ struct VnniMicro {
       for (int v = 0; v < 4; ++v) c[r][v] = Ops::zero();
     }
     for (int64_t k = 0; k < kp; k += 4, b += 256) {
+#pragma GCC unroll 4
+      for (int line = 0; line < 4; ++line) {
+        _mm_prefetch(reinterpret_cast<const char*>(b + 2 * kPrefetchBytes + 64 * line),
+                     _MM_HINT_T0);
+      }
       const V b0 = Ops::load(b), b1 = Ops::load(b + 64), b2 = Ops::load(b + 128),
               b3 = Ops::load(b + 192);
 #pragma GCC unroll 8
