@@ -106,11 +106,13 @@ def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:
 
 @torch.library.register_fake("torchqat::quantize")
 def _quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=None):
+    _check_devices("quantize", input, scale=scale, zero_point=zero_point)
     return torch.empty_like(input, dtype=_quantized_dtype(quant_min, quant_max))
 
 
 @torch.library.register_fake("torchqat::dequantize")
 def _dequantize_fake(input, scale, zero_point, axis=None):
+    _check_devices("dequantize", input, scale=scale, zero_point=zero_point)
     return torch.empty_like(input, dtype=torch.float32)
 
 
@@ -159,6 +161,8 @@ class _FakePackedLinear:
 @torch.library.register_fake("torchqat::int8_linear")
 def _int8_linear_fake(input, input_scale, input_zero_point, quant_min, quant_max, packed,
                       activation="none"):
+    _check_devices("int8_linear", input, input_scale=input_scale,
+                   input_zero_point=input_zero_point)
     return input.new_empty((*input.shape[:-1], packed.out_features()), dtype=torch.float32)
 
 
