@@ -559,10 +559,18 @@ def test_int8_linear_errors():
     with pytest.raises(RuntimeError, match="int8_linear: input_scale and input_zero_point must "
                                            "hold one element each"):
         int8.int8_linear(x, torch.ones(5), torch.zeros(5, dtype=torch.int32), -128, 127, packed)
-    with pytest.raises(RuntimeError, match="int8_linear: scale must be positive and finite"):
+    with pytest.raises(RuntimeError, match="int8_linear: input_scale must be positive and finite, "
+                                           "got 0"):
         int8.int8_linear(x, torch.tensor([0.0]), z, -128, 127, packed)
-    with pytest.raises(RuntimeError, match="int8_linear: zero_point must lie in"):
+    with pytest.raises(RuntimeError, match="int8_linear: input_scale must be at least"):
+        int8.int8_linear(x, torch.tensor([1e-40], dtype=torch.float64), z, -128, 127, packed)
+    with pytest.raises(RuntimeError, match="int8_linear: input_scale must be float32 or float64"):
+        int8.int8_linear(x, torch.tensor([1]), z, -128, 127, packed)
+    with pytest.raises(RuntimeError, match=r"int8_linear: input_zero_point must lie in "
+                                           r"\[quant_min, quant_max\] = \[-128, 127\], got 200"):
         int8.int8_linear(x, s, torch.tensor([200]), -128, 127, packed)
+    with pytest.raises(RuntimeError, match="int8_linear: input_zero_point must be finite"):
+        int8.int8_linear(x, s, torch.tensor([float("nan")]), -128, 127, packed)
     with pytest.raises(RuntimeError, match="int8_linear: activation must be 'none', 'relu' or "
                                            "'silu', got 'gelu'"):
         int8.int8_linear(x, s, z, -128, 127, packed, "gelu")

@@ -2,15 +2,17 @@
 // kernel's operand layout, the blocked GEMM with its fused epilogue over (row block, panel
 // group) tasks, activation. Kernels: int8_kernels_impl.h. Formulas: csrc/core/quantize.h.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
 #include <sstream>
 #include <vector>
 
 #include "core/quantize.h"
 #include "ops/cpu/int8_kernels.h"
-#include "ops/fake_quantize_common.h"
 #include "ops/packed_linear.h"
 
 namespace torchqat {
@@ -53,6 +55,56 @@ void check_packed(const char* op, const c10::intrusive_ptr<PackedLinear>& packed
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
               ": input must have shape [*, ", packed->in_features(),
               "] (in_features of packed), got shape ", shape_string(input));
+}
+
+// The activation quantizer's parameters as the kernels use them, checked like fake_quantize's
+// (scale positive, finite and normal in float32; an integer zero point inside the range; a float
+// one rounded half to even and clamped), with messages that name int8_linear's arguments.
+struct ActivationQParams {
+  float scale;
+  float zero_point;
+};
+
+double single_value(const at::Tensor& t) {
+  double v = 0.0;
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "int8_linear", [&] {
+    v = static_cast<double>(*t.const_data_ptr<scalar_t>());
+  });
+  return v;
+}
+
+ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
+                                     const at::Tensor& scale, const at::Tensor& zero_point,
+                                     int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
+              ": input_scale and input_zero_point must hold one element each (per-tensor "
+              "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
+              ": input_scale must be float32 or float64, got ", scale.scalar_type());
+  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
+                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
+              op, ": input_zero_point must be an integer, float32 or float64 tensor, got ",
+              zero_point.scalar_type());
+  TORCH_CHECK(scale.device() == input.device(), op, ": input_scale must be on input's device (",
+              input.device(), "), got ", scale.device());
+  TORCH_CHECK(zero_point.device() == input.device(), op,
+              ": input_zero_point must be on input's device (", input.device(), "), got ",
+              zero_point.device());
+  const double s = single_value(scale);
+  TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": input_scale must be positive and finite, got ",
+              s);
+  TORCH_CHECK(static_cast<float>(s) >= std::numeric_limits<float>::min(), op,
+              ": input_scale must be at least ", std::numeric_limits<float>::min(),
+              " (the smallest normal float32 number, so that 1/scale is finite), got ", s);
+  const double z = single_value(zero_point);
+  TORCH_CHECK(std::isfinite(z), op, ": input_zero_point must be finite, got ", z);
+  const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
+  TORCH_CHECK(!integral || (z >= quant_min && z <= quant_max), op,
+              ": input_zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
+              quant_max, "], got ", static_cast<int64_t>(z));
+  return {static_cast<float>(s),
+          static_cast<float>(core::effective_zero_point<double>(
+              z, static_cast<double>(quant_min), static_cast<double>(quant_max)))};
 }
 
 // The GEMM of A (already in the kernel's layout) against the packed weights, in parallel over
@@ -107,24 +159,18 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
   TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
               op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
               "activations), got [", quant_min, ", ", quant_max, "]");
-  TORCH_CHECK(input_scale.numel() == 1 && input_zero_point.numel() == 1, op,
-              ": input_scale and input_zero_point must hold one element each (per-tensor "
-              "activations), got shapes ", shape_string(input_scale), " and ",
-              shape_string(input_zero_point));
-  // The same checks and values as fake_quantize's (scale > 0 and finite, zero point in range).
-  const auto p = ops::prepare_fake_quant(op, input, input_scale, input_zero_point, quant_min,
-                                         quant_max, std::nullopt, at::Tensor());
+  const ActivationQParams q = activation_qparams(op, input, input_scale, input_zero_point,
+                                                 quant_min, quant_max);
 
   const int64_t K = packed->in_features(), N = packed->out_features();
   const int64_t M = input.numel() / K;
   at::Tensor out = at::empty(output_shape(input, N), input.options().dtype(at::kFloat));
   if (M == 0) return out;
-  const at::Tensor x = p.input.to(at::kFloat).contiguous();
-  const float s_x = static_cast<float>(p.host_scale[0]);
+  const at::Tensor x = input.to(at::kFloat).contiguous();
+  const float s_x = q.scale;
   const float inv_s = core::inverse_scale(s_x);
   const float qmin = static_cast<float>(quant_min), qmax = static_cast<float>(quant_max);
-  const float z = static_cast<float>(core::effective_zero_point<double>(
-      p.host_zero_point[0], static_cast<double>(quant_min), static_cast<double>(quant_max)));
+  const float z = q.zero_point;
 
   std::vector<float> alpha(N);
   const float* s_w = packed->weight_scale().const_data_ptr<float>();
