@@ -59,6 +59,7 @@ demo: build
 
 bench: build
 	$(VPY) benchmarks/bench_fake_quant.py
+	$(VPY) benchmarks/bench_int8_linear.py
 
 # CUDA compile check: the CUDA 13 build of torch in its own venv, every .cu compiled for sm_80
 # and sm_90 and linked into the full extension. Runs without a GPU.
