@@ -34,8 +34,11 @@ if not with_cuda:
 
 # -ffp-contract=off: no ISA may fuse a multiply and an add that the scalar code rounds twice,
 # so every CPU kernel (default, AVX2, AVX-512) computes the same bits.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
-             "-Wno-psabi"]
+# -fopenmp: at::parallel_for is an OpenMP loop compiled into *our* objects (ATen/ParallelOpenMP.h);
+# without the flag _OPENMP is undefined and every parallel_for silently runs on one thread. Only
+# compiled with it, not linked: the GOMP_* symbols resolve to the libgomp torch already loads.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp", "-fvisibility=hidden", "-Wall",
+             "-Wno-unknown-pragmas", "-Wno-psabi"]
 # --fmad=false: like -ffp-contract=off on the CPU, so per-element gradient terms round as the
 # CPU kernels round them.
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
