@@ -9,7 +9,8 @@ VENV_CUDA   ?= .venv-cuda
 TORCH_CPU   := torch==2.13.0
 TORCH_CUDA  := torch==2.14.1
 # Everything the tests, the examples and the benchmarks import.
-PY_DEPS     := pytest numpy ninja setuptools wheel expecttest tqdm scikit-learn
+PY_DEPS     := pytest numpy ninja setuptools wheel expecttest tqdm scikit-learn \
+               onnx onnxruntime onnxscript pycocotools rich matplotlib pillow
 JOBS        ?= 2
 # nvcc lives in /usr/local/cuda/bin (often linked from /usr/local/bin, from which torch would
 # guess the wrong toolkit root and miss libcudart).
