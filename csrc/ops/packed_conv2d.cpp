@@ -5,8 +5,35 @@
 #include <sstream>
 
 #include "core/quantize.h"
+#include "ops/cpu/int8_conv_kernels.h"
 
 namespace torchqat {
+namespace cpu {
+
+void depthwise_pair_weights(const int32_t* w, int64_t taps, int64_t C, int16_t* out) {
+  const int64_t blocks = C / 16, pairs = (taps + 1) / 2;
+  const auto weight = [&](int64_t t, int64_t c) -> int16_t {
+    return t < taps ? static_cast<int16_t>(w[t * C + c]) : int16_t{0};
+  };
+  for (int64_t p = 0; p < pairs; ++p) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      int16_t* o = out + (p * blocks + b) * 32;
+      // 16 int16 per half; within each 128-bit lane, pairs of 4 consecutive channels.
+      for (int64_t half = 0; half < 2; ++half) {      // 0: unpacklo, 1: unpackhi
+        for (int64_t lane = 0; lane < 2; ++lane) {    // 128-bit lane
+          for (int64_t i = 0; i < 4; ++i) {
+            const int64_t c = 16 * b + 8 * lane + 4 * half + i;
+            o[16 * half + 8 * lane + 2 * i] = weight(2 * p, c);
+            o[16 * half + 8 * lane + 2 * i + 1] = weight(2 * p + 1, c);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+
 namespace ops {
 namespace {
 
@@ -108,6 +135,10 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
     kernel_ = "depthwise";
     // [C, 1, kh, kw] -> [kh * kw, C] int32: tap-major, channels contiguous.
     packed_ = weight_.view({O, K}).t().to(at::kInt).contiguous();
+    pairs_ = at::zeros({std::max<int64_t>(1, (K + 1) / 2 * (O / 16) * 32)},
+                       at::TensorOptions().dtype(at::kShort));
+    cpu::depthwise_pair_weights(packed_.const_data_ptr<int32_t>(), K, O,
+                                pairs_.mutable_data_ptr<int16_t>());
     return;
   }
   gemm_ = cpu::find_int8_gemm(kernel, &kernel_);

@@ -60,6 +60,8 @@ class PackedConv2d : public torch::CustomClassHolder {
   // depthwise: int32 [kh * kw, C] (tap-major, so the kernel reads C consecutive weights).
   const at::Tensor& packed_weight() const { return packed_; }
   int64_t packed_group_bytes() const { return packed_group_bytes_; }
+  // Depthwise: the same weights for the pair-of-taps kernel (cpu::depthwise_pair_weights).
+  const int16_t* depthwise_pairs() const { return pairs_.const_data_ptr<int16_t>(); }
   // Per output channel: sum of its weights (the zero point's correction).
   const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
   const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
@@ -75,7 +77,7 @@ class PackedConv2d : public torch::CustomClassHolder {
   std::string kernel_;
   bool depthwise_ = false;
   const cpu::Int8GemmKernel* gemm_ = nullptr;
-  at::Tensor packed_, col_sum_, bias_or_zeros_;
+  at::Tensor packed_, col_sum_, bias_or_zeros_, pairs_;
   int64_t packed_group_bytes_ = 0;
 };
 

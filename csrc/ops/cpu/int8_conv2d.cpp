@@ -133,7 +133,8 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
       std::vector<int32_t> acc(rows_per_step * O);
       for (int64_t m = begin; m < end; m += rows_per_step) {
         const int64_t rows = std::min(rows_per_step, end - m);
-        ck.depthwise(x, g, z_a, w, m, m + rows, acc.data());
+        ck.depthwise(x, g, z_a, w, p.depthwise_pairs(), p.column_sums(), m, m + rows,
+                     acc.data());
         k.epilogue(acc.data(), O, rows, O, e, out ? out + m * O : nullptr,
                    out_raw ? out_raw + m * O : nullptr, O);
       }

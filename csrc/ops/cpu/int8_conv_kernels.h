@@ -34,14 +34,24 @@ struct Int8ConvKernels {
                      int64_t m0, int64_t m1, int16_t* a, int64_t lda);
   // Depthwise (groups == C == O), output rows [m0, m1):
   //   acc[(m - m0) * C + c] = sum over the taps inside the input of (x - z) * w[tap * C + c]
-  // (taps over padding contribute 0). w: int32 [kh * kw, C].
+  // (taps over padding contribute 0). w: int32 [kh * kw, C]. Pixels whose taps all lie inside
+  // may instead use w_pairs (depthwise_pair_weights' layout) and w_sum[c] = sum_tap w[tap][c]:
+  // acc = sum x * w - z * w_sum, the same integer.
   void (*depthwise)(const uint8_t* x, const Conv2dGeometry& g, int32_t z, const int32_t* w,
-                    int64_t m0, int64_t m1, int32_t* acc);
+                    const int16_t* w_pairs, const int32_t* w_sum, int64_t m0, int64_t m1,
+                    int32_t* acc);
 };
 
 const Int8ConvKernels& int8_conv_kernels_default();
 const Int8ConvKernels& int8_conv_kernels_avx2();
 const Int8ConvKernels& int8_conv_kernels_avx512();
+
+// Depthwise weights for vpmaddwd on pairs of taps: for tap pair p (taps 2p, 2p + 1; a missing
+// last tap has weight 0) and block b of 16 channels, 32 int16 at (p * (C / 16) + b) * 32: first
+// the interleaved pairs (w[2p][c], w[2p+1][c]) of channels c = 16b + {0..3, 8..11}, then of
+// 16b + {4..7, 12..15} (the lane order of vpunpcklwd / vpunpckhwd on two 16-channel vectors).
+// w: int32 [taps, C]; out: ceil(taps / 2) * (C / 16) * 32 values.
+void depthwise_pair_weights(const int32_t* w, int64_t taps, int64_t C, int16_t* out);
 
 // The table of the instruction set the element-wise INT8 kernels use (int8_cpu_kernels()).
 const Int8ConvKernels& int8_conv_kernels();
