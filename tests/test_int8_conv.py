@@ -614,3 +614,22 @@ def test_int8_conv2d_errors():
     y = int8.int8_conv2d(x.to("meta"), s.to("meta"), z.to("meta"), -128, 127, packed)
     assert y.device.type == "meta" and y.shape == (2, 4, 6, 6)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_function():
+    """A plain function (the packed object a global of it) through the default inductor backend;
+    the result keeps the operator's channels_last layout."""
+    g = gen(42)
+    cfg = CONFIGS[3]
+    _, s_w, q_w, b, _, _ = make_conv(cfg, g)
+    packed = pack(q_w, cfg, "auto", s_w=s_w, bias=b)
+    s_x, z_x = torch.tensor([0.05]), torch.tensor([3])
+
+    def f(x):
+        return int8.int8_conv2d(torch.relu(x), s_x, z_x, 0, 255, packed, "silu") + 1
+
+    x = torch.randn(2, 3, 13, 12, generator=g)
+    expected = f(x)
+    got = torch.compile(f, fullgraph=True)(x)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
