@@ -166,7 +166,8 @@ def main() -> None:
         f32 = t["fp32"]
         cells = [f"{t[n] * 1e3:.3f} ({f32 / t[n]:.2f})" if n in t else "" for n in names]
         ratios.append(f32 / t["int8[auto]"])
-        print(f"| {name} | {c}→{o} | {hw} | {auto} | {f32 * 1e3:.3f} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {c}→{o} | {hw} | {auto} | {f32 * 1e3:.3f} | "
+              + " | ".join(cells) + " |")
     if ratios:
         geo = 1.0
         for r in ratios:

@@ -150,7 +150,9 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
         return [value, value]
     values = [int(v) for v in value]
     if len(values) != 2:
-        raise ValueError(f"pack_conv2d: {name} must be an int or 2 ints (height, width), got {value!r}")
+        raise ValueError(
+            f"pack_conv2d: {name} must be an int or 2 ints (height, width), got {value!r}"
+        )
     return values
 
 
