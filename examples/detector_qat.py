@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torchqat as tq  # noqa: E402
 from torchqat.data import DigitsDetection, NUM_CLASSES, default_cache_dir, detection_collate  # noqa: E402
-from detector import DetectionLoss, TinyYOLO, coco_map, predict  # noqa: E402
+from detector import DetectionLoss, TinyYOLO, coco_map, nms, predict  # noqa: E402
 
 
 @dataclass
@@ -284,14 +284,17 @@ def draw_detections(model: nn.Module, val_ds, path: str, title: str, n: int = 8)
         for box in val_ds[i][1]["boxes"].tolist():
             ax.add_patch(plt.Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0],
                                        box[3] - box[1], fill=False, color="lime", lw=1, ls=":"))
-        for box, score, label in zip(dets[i]["boxes"].tolist(), dets[i]["scores"].tolist(),
-                                     dets[i]["labels"].tolist()):
-            if score < 0.3:
-                continue
+        d = dets[i]
+        # For the picture only: the best class per object (class-agnostic NMS), so that the
+        # runner-up classes mAP counts do not stack their labels on each other.
+        keep = nms(d["boxes"], d["scores"], 0.5)
+        keep = keep[d["scores"][keep] >= 0.3]
+        for box, score, label in zip(d["boxes"][keep].tolist(), d["scores"][keep].tolist(),
+                                     d["labels"][keep].tolist()):
             ax.add_patch(plt.Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0],
                                        box[3] - box[1], fill=False, color="red", lw=1.2))
-            ax.text(box[0], box[1] - 1, f"{label} {score:.2f}", color="yellow", fontsize=7)
-    fig.suptitle(f"{title}: detections (red, score >= 0.3) and ground truth (green dotted)",
+            ax.text(box[0], box[1] - 1, f"{label} {score:.2f}", color="yellow", fontsize=8)
+    fig.suptitle(f"{title}: detections (red: class, score >= 0.3) and ground truth (green dotted)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -441,7 +444,10 @@ def run_torchvision(args) -> int:
     torch.manual_seed(0)
     # Labels 1..10 (0 is the background class of torchvision's detectors).
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                          num_classes=NUM_CLASSES + 1, size=(128, 128))
+                                          num_classes=NUM_CLASSES + 1)
+    # Its transform resizes every image to 320x320; 160 is plenty for 64x64 canvases and the
+    # anchors are relative to the image size.
+    model.transform.fixed_size = (160, 160)
 
     def shift(targets):
         return [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
