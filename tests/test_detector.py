@@ -24,6 +24,16 @@ from detector.model import make_points  # noqa: E402
 SMALL = dict(num_images=40, seed=3)
 
 
+@pytest.fixture
+def one_thread():
+    """Training steps on small convolutions: on a shared 2-core machine a second OpenMP thread
+    waiting for a busy core made them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_dataset_is_deterministic_and_cached(tmp_path):
     a = generate_digits_detection(DetectionSetSpec("train", **SMALL))
     b = generate_digits_detection(DetectionSetSpec("train", **SMALL))
@@ -101,7 +111,7 @@ def test_model_output_shape_and_points():
     assert torch.allclose(conv(x), conv.act(conv.bn(conv.conv(x))))
 
 
-def test_loss_is_finite_and_decreases():
+def test_loss_is_finite_and_decreases(one_thread):
     torch.manual_seed(0)
     ds = DigitsDetection("train", num_images=8, use_cache=False)
     images, targets = detection_collate([ds[i] for i in range(8)])
