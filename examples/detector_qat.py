@@ -46,7 +46,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torchqat as tq  # noqa: E402
-from torchqat.data import DigitsDetection, NUM_CLASSES, default_cache_dir, detection_collate  # noqa: E402
+from torchqat.data import (DigitsDetection, NUM_CLASSES, default_cache_dir,  # noqa: E402
+                           detection_collate)
 from detector import DetectionLoss, TinyYOLO, coco_map, nms, predict  # noqa: E402
 
 
@@ -275,7 +276,8 @@ def draw_detections(model: nn.Module, val_ds, path: str, title: str, n: int = 8)
     images = torch.stack([val_ds[i][0] for i in range(n)])
     dets = predict(model, [(images, None)], TinyYOLO.strides)
     cols = 4
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3 * cols, 3.1 * math.ceil(n / cols)))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.1 * rows))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
