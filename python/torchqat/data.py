@@ -12,8 +12,8 @@ ink in pixels, ``xyxy`` with ``x2``/``y2`` exclusive (a one-pixel-wide digit at 
 The train and validation splits draw from **disjoint** source digits (a seeded split of the 1797
 digits, 70/30, stratified by class), so validation measures recognition of unseen handwriting.
 
-Generation is deterministic for a given ``(split, num_images, size, seed, …)`` and takes a few
-seconds; the arrays are cached in ``cache_dir`` (default ``$TORCHQAT_CACHE`` or
+Generation is deterministic for a given ``(split, num_images, size, seed, …)`` and takes ~3 s per
+1000 images; the arrays are cached in ``cache_dir`` (default ``$TORCHQAT_CACHE`` or
 ``~/.cache/torchqat``) as ``.npz`` and loaded from there afterwards.
 
     from torchqat.data import DigitsDetection, detection_collate
