@@ -3,6 +3,7 @@ detector of examples/detector (shapes, loss, NMS, decoding), COCO evaluation, an
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -236,7 +237,18 @@ def test_quick_job_runs(tmp_path):
         [sys.executable, os.path.join(ROOT, "examples", "detector_qat.py"), "--quick", "--check",
          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "mAP50-95" in result.stdout
-    assert "not available yet" in result.stdout or "INT8" in result.stdout
+    out = result.stdout
+    maps = {m.group(1).strip(): (float(m.group(2)), float(m.group(3))) for m in re.finditer(
+        r"\[6 evaluate\] (.+?) mAP50-95\s+(\S+)\s+mAP50\s+(\S+)", out)}
+    expected = {"float", "PTQ fake-quant", "QAT fake-quant"}
+    import torchqat as tq
+    if hasattr(tq, "convert"):
+        expected |= {"PTQ INT8", "QAT INT8"}
+    else:
+        assert "tq.convert not available yet; skipped" in out
+    assert set(maps) == expected, maps
+    for m50_95, m50 in maps.values():
+        assert 0 <= m50_95 <= m50 <= 100
+    assert "check: all invariants hold" in out
     pngs = [f for f in os.listdir(tmp_path / "out") if f.endswith(".png")]
     assert len(pngs) >= 3, pngs
