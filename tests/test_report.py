@@ -103,6 +103,13 @@ def test_report_without_float_model_and_skipped_layers():
     assert math.isnan(rep[0].sqnr_float) and math.isnan(rep.output_sqnr)
     assert rep[0].sqnr_layer > 30          # 8 bits
     assert math.isnan(rep[1].sqnr_layer)   # nothing to compare in a float layer
+    qmodel[0].input_quantizer.set_mode("pass_through")
+    rep_pt = tq.report(qmodel, data)
+    assert "uint8 affine per-tensor (pass_through)" in str(rep_pt)
+    assert qmodel[0].input_quantizer.mode == "pass_through"
+    # Only the weight is quantized now: less error than weight and input together.
+    assert rep_pt[0].sqnr_layer > rep[0].sqnr_layer
+    qmodel[0].input_quantizer.set_mode("fake_quantize")
     with pytest.raises(ValueError, match="no quantized layer"):
         tq.report(model, data)
     with pytest.raises(ValueError, match="num_batches"):

@@ -118,7 +118,7 @@ class QuantReport(list):
     rendering (``rich.print(report)``). ``output_sqnr`` is the SQNR of the whole model's
     output against ``float_model`` (NaN without one)."""
 
-    COLUMNS = ("layer", "type", "weight", "w scale min..max", "input", "in scale min..max",
+    COLUMNS = ("layer", "type", "weight", "weight scale", "input", "input scale",
                "SQNR layer dB", "SQNR vs float dB")
 
     def __init__(self, rows: Iterable[LayerReport] = (), output_sqnr: float = math.nan,
@@ -127,12 +127,25 @@ class QuantReport(list):
         self.output_sqnr = output_sqnr
         self.num_batches = num_batches
 
+    @staticmethod
+    def _short(bits: str, scheme: str) -> str:
+        # The table keeps what tells layers apart; as_dict() has the full description.
+        if bits == "float":
+            return bits
+        gran = "per-channel" if "per-channel" in scheme else "per-tensor"
+        kind = "sym" if scheme.startswith("symmetric") else "affine"
+        mode = next((f" ({m})" for m in ("pass_through", "observe") if f"({m})" in scheme), "")
+        return f"{bits} {kind} {gran}{mode}"
+
+    @staticmethod
+    def _range(lo: float, hi: float) -> str:
+        return _fmt(lo) if lo == hi else f"{_fmt(lo)}..{_fmt(hi)}"
+
     def _cells(self, r: LayerReport) -> List[str]:
-        w = r.weight_bits if r.weight_bits == "float" else f"{r.weight_bits} {r.weight_scheme}"
-        a = (r.activation_bits if r.activation_bits == "float"
-             else f"{r.activation_bits} {r.activation_scheme}")
-        return [r.name, r.type, w, f"{_fmt(r.weight_scale_min)}..{_fmt(r.weight_scale_max)}",
-                a, f"{_fmt(r.activation_scale_min)}..{_fmt(r.activation_scale_max)}",
+        return [r.name, r.type, self._short(r.weight_bits, r.weight_scheme),
+                self._range(r.weight_scale_min, r.weight_scale_max),
+                self._short(r.activation_bits, r.activation_scheme),
+                self._range(r.activation_scale_min, r.activation_scale_max),
                 _fmt(r.sqnr_layer, ".1f"), _fmt(r.sqnr_float, ".1f")]
 
     def worst(self, n: int = 5, key: str = "sqnr_layer") -> List[LayerReport]:
