@@ -5,6 +5,8 @@ from .config import QATConfig, QuantSpec
 from .quantizers import FakeQuantizer
 from .nn import QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose2d, QuantLinear
 from .prepare import calibrate, prepare_qat
+from .nn import Int8Conv1d, Int8Conv2d, Int8Linear
+from .convert import convert
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,8 @@ __all__ = [
     "QuantLinear",
     "prepare_qat",
     "calibrate",
+    "Int8Conv1d",
+    "Int8Conv2d",
+    "Int8Linear",
+    "convert",
 ]
