@@ -320,7 +320,7 @@ class Int8Linear(_Int8Base):
         if input.dim() < 1 or input.size(-1) != self.in_features:
             raise ValueError(self._where() + ": input must have shape [*, "
                              + str(self.in_features) + "] (in_features last), got shape "
-                             + str(input.shape))
+                             + str(list(input.shape)))
         return torch.ops.torchqat.int8_linear(input, self.input_scale, self.input_zero_point,
                                               self.quant_min, self.quant_max, self.packed,
                                               self.activation)
@@ -402,7 +402,7 @@ class Int8Conv2d(_Int8Base):
         _check_float_input(input, self._where())
         if input.dim() != 4 or input.size(1) != self.in_channels:
             raise ValueError(self._where() + ": input must have shape [N, "
-                             + str(self.in_channels) + ", H, W], got shape " + str(input.shape))
+                             + str(self.in_channels) + ", H, W], got shape " + str(list(input.shape)))
         return torch.ops.torchqat.int8_conv2d(input, self.input_scale, self.input_zero_point,
                                               self.quant_min, self.quant_max, self.packed,
                                               self.activation)
@@ -470,7 +470,7 @@ class Int8Conv1d(_Int8Base):
         _check_float_input(input, self._where())
         if input.dim() != 3 or input.size(1) != self.in_channels:
             raise ValueError(self._where() + ": input must have shape [N, "
-                             + str(self.in_channels) + ", L], got shape " + str(input.shape))
+                             + str(self.in_channels) + ", L], got shape " + str(list(input.shape)))
         y = torch.ops.torchqat.int8_conv2d(input.unsqueeze(2), self.input_scale,
                                            self.input_zero_point, self.quant_min, self.quant_max,
                                            self.packed, self.activation)
