@@ -780,7 +780,7 @@ def test_saved_model_with_unknown_format_version(class_name, tmp_path):
 
 
 def export_round_trip(model, x):
-    ep = torch.export.export(model, (x,), strict=False)
+    ep = torch.export.export(model, (x,))
     buf = io.BytesIO()
     torch.export.save(ep, buf)
     buf.seek(0)
