@@ -245,11 +245,16 @@ def convert(qat_model: nn.Module, inplace: bool = False) -> nn.Module:
     refs = _paths(model)
     modules = dict(model.named_modules(remove_duplicate=False))
 
-    # Chains, Sequential first (no tracing), then torch.fx; one per conv path.
+    # Chains from nn.Sequential (no tracing) and torch.fx; the most complete one per layer.
     fx_found, untraced = _fx_fusions(model)
     fusions: Dict[str, _Fusion] = {}
     for f in _sequential_fusions(model) + fx_found:
-        fusions.setdefault(f.conv, f)
+        # Each finding is sound in its own scope; a wider trace may see less (fx names a shared
+        # module by one path, so a block's shared activation looks called many times).
+        best = fusions.get(f.conv)
+        if best is None or (f.bn is not None) + (f.act is not None) > \
+                (best.bn is not None) + (best.act is not None):
+            fusions[f.conv] = f
     if untraced:
         logger.debug("convert: torch.fx could not trace %s; traced their children instead",
                      ", ".join(untraced))
