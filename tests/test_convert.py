@@ -93,6 +93,44 @@ class YoloNet(nn.Module):
         return self.head(y.mean(-1))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: one ReLU module called twice, a conv-BN downsample."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 32, 2))
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def randomize_batch_norms(model, seed=0):
     """Non-trivial running statistics and affine parameters, so that folding is tested."""
     g = torch.Generator().manual_seed(seed)
@@ -487,6 +525,25 @@ def test_convert_tiny_detector_untraceable_root(caplog):
 
 
 @needs_conv
+def test_convert_resnet_blocks():
+    """ResNet's BasicBlock calls one ReLU twice: every BatchNorm folds (the downsample's too),
+    the stem's ReLU fuses, the blocks' ReLU stays a module."""
+    torch.manual_seed(13)
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(2)]
+    qat = qat_model(TinyResNet(), batches)
+    int8_model = tq.convert(qat)
+    counts = count_types(int8_model)
+    assert counts.get("BatchNorm2d", 0) == 0 and counts["Int8Conv2d"] == 6
+    assert int8_model.conv1.activation == "relu" and isinstance(int8_model.relu, nn.Identity)
+    block = int8_model.layer1[1]
+    assert isinstance(block.relu, nn.ReLU) and block.conv1.activation == "none"
+    assert block.downsample[0].packed.out_multiplier() is not None
+    out, ref, n = end_to_end(qat, int8_model, torch.randn(2, 3, 32, 32))
+    assert n == 7
+    assert_end_to_end_close(out, ref)
+
+
+@needs_conv
 @pytest.mark.slow
 def test_convert_digits_predictions_equal():
     """The digits CNN of examples/classifier_qat.py, trained briefly in float and with QAT: the
@@ -502,7 +559,7 @@ def test_convert_digits_predictions_equal():
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = ex.load_digits_tensors(0)
     model = ex.DigitsCNN()
-    ex.train(model, x_train, y_train, 3,
+    ex.train(model, x_train, y_train, 2,
              torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4), 0)
     qat = tq.prepare_qat(model, ex.CONFIGS["8-bit, per-channel weights"])
     tq.calibrate(qat, [xb for xb, _ in ex.batches(x_train, y_train, 64)], num_batches=4,
