@@ -144,13 +144,13 @@ def randomize_batch_norms(model, seed=0):
     return model
 
 
-def qat_model(model, batches, config=None, train_steps=1, seed=0):
+def qat_model(model, batches, config=None, train_steps=1, seed=0, calibrate_forward=None):
     """prepare_qat + calibrate + a few SGD steps (so that learnable scales and zero points move
     off their calibrated values), returned in eval mode."""
     torch.manual_seed(seed)
     randomize_batch_norms(model, seed)
     q = tq.prepare_qat(model, config)
-    tq.calibrate(q, batches, progress=False)
+    tq.calibrate(q, batches, progress=False, forward_fn=calibrate_forward)
     if train_steps:
         opt = torch.optim.SGD(q.parameters(), lr=1e-3)
         bn_state = {n: b.clone() for n, b in q.named_buffers()}
