@@ -395,30 +395,40 @@ GemmChoice gemm_choice_from_environment() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The epilogue: one thread per output element, 64-bit indices.
+// The epilogue: a 2-D grid, threadIdx.x / blockIdx.x over output columns (each thread keeps its
+// column's parameters in registers), threadIdx.y / blockIdx.y striding over rows. No division
+// per element; 64-bit offsets.
 
 template <Activation kAct, bool kAffine, bool kRaw>
 __global__ void __launch_bounds__(kThreads) epilogue_kernel(const EpilogueParams e) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= e.N) return;
   const int32_t a_zero =
       e.qparams != nullptr ? static_cast<int32_t>(e.qparams[2]) + e.a_shift : e.zero_point;
-  const float s_x = e.qparams != nullptr ? e.qparams[0] : 0.0f;
-  const int64_t total = e.M * e.N;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += step) {
-    const int64_t m = i / e.N, n = i - m * e.N;
-    // Wrapping arithmetic: the intermediate may leave int32, the exact result never does.
-    uint32_t v = static_cast<uint32_t>(e.acc[m * e.ld_acc + n]);
-    if (e.col_sums != nullptr) {
-      v -= static_cast<uint32_t>(a_zero) * static_cast<uint32_t>(e.col_sums[n]);
+  // Wrapping arithmetic: the intermediate may leave int32, the exact result never does.
+  const uint32_t correction =
+      e.col_sums != nullptr
+          ? static_cast<uint32_t>(a_zero) * static_cast<uint32_t>(e.col_sums[n])
+          : 0u;
+  float alpha = 0.0f, bias = 0.0f, mult = 0.0f, shift = 0.0f;
+  if constexpr (!kRaw) {
+    alpha = e.qparams[0] * e.w_scale[n];  // float(s_x * s_w[n]), as the CPU forms it
+    bias = e.bias[n];
+    if constexpr (kAffine) {
+      mult = e.multiplier[n];
+      shift = e.shift[n];
     }
-    const int32_t acc = static_cast<int32_t>(v);
+  }
+  const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  for (int64_t m = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; m < e.M;
+       m += step) {
+    const int32_t acc =
+        static_cast<int32_t>(static_cast<uint32_t>(e.acc[m * e.ld_acc + n]) - correction);
     if constexpr (kRaw) {
       e.out_raw[m * e.ldo + n] = acc;
     } else {
-      const float alpha = s_x * e.w_scale[n];
-      float t = core::linear_epilogue(acc, alpha, e.bias[n]);
-      if constexpr (kAffine) t = core::fused_multiply_add(t, e.multiplier[n], e.shift[n]);
+      float t = core::linear_epilogue(acc, alpha, bias);
+      if constexpr (kAffine) t = core::fused_multiply_add(t, mult, shift);
       if constexpr (kAct == Activation::kRelu) t = t > 0.0f ? t : 0.0f;
       if constexpr (kAct == Activation::kSilu) t = t / (1.0f + expf(-t));
       e.out[m * e.ldo + n] = t;
@@ -427,11 +437,11 @@ __global__ void __launch_bounds__(kThreads) epilogue_kernel(const EpilogueParams
 }
 
 template <Activation kAct>
-void launch_float_epilogue(const EpilogueParams& e, unsigned blocks, cudaStream_t stream) {
+void launch_float_epilogue(const EpilogueParams& e, dim3 grid, dim3 block, cudaStream_t stream) {
   if (e.multiplier != nullptr) {
-    epilogue_kernel<kAct, true, false><<<blocks, kThreads, 0, stream>>>(e);
+    epilogue_kernel<kAct, true, false><<<grid, block, 0, stream>>>(e);
   } else {
-    epilogue_kernel<kAct, false, false><<<blocks, kThreads, 0, stream>>>(e);
+    epilogue_kernel<kAct, false, false><<<grid, block, 0, stream>>>(e);
   }
 }
 
@@ -534,22 +544,29 @@ at::Tensor gemm_s8s8s32_cuda(const at::Tensor& a, const at::Tensor& w) {
 }
 
 void epilogue_cuda(const EpilogueParams& e) {
-  const int64_t total = e.M * e.N;
-  if (total == 0) return;
-  const unsigned blocks = blocks_for(total);
+  if (e.M == 0 || e.N == 0) return;
+  TORCH_INTERNAL_ASSERT(e.out_raw != nullptr || e.qparams != nullptr);
+  // 32 to 256 columns per block (whole warps), the rest of the 256 threads on rows.
+  int bx = 32;
+  while (bx < kThreads && bx < e.N) bx *= 2;
+  const dim3 block(bx, kThreads / bx);
+  const int64_t gx = ceil_div(e.N, bx);
+  const int64_t gy = std::max<int64_t>(
+      1, std::min(ceil_div(e.M, block.y), std::max<int64_t>(1, kMaxBlocks / gx)));
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (e.out_raw != nullptr) {
-    epilogue_kernel<Activation::kNone, false, true><<<blocks, kThreads, 0, stream>>>(e);
+    epilogue_kernel<Activation::kNone, false, true><<<grid, block, 0, stream>>>(e);
   } else {
     switch (e.activation) {
       case Activation::kNone:
-        launch_float_epilogue<Activation::kNone>(e, blocks, stream);
+        launch_float_epilogue<Activation::kNone>(e, grid, block, stream);
         break;
       case Activation::kRelu:
-        launch_float_epilogue<Activation::kRelu>(e, blocks, stream);
+        launch_float_epilogue<Activation::kRelu>(e, grid, block, stream);
         break;
       case Activation::kSilu:
-        launch_float_epilogue<Activation::kSilu>(e, blocks, stream);
+        launch_float_epilogue<Activation::kSilu>(e, grid, block, stream);
         break;
     }
   }
