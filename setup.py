@@ -45,13 +45,43 @@ nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
 include_dirs = [str(ROOT / "csrc")]
 define_macros = [("TORCHQAT_WITH_CUDA", "1")] if with_cuda else []
 
+
+def cublaslt():
+    """(nvcc flags, link flags) for cuBLASLt, the INT8 GEMM of the CUDA kernels.
+
+    The header comes from the CUDA toolkit when it has one, else from the nvidia-cublas wheel a
+    pip-installed torch depends on (site-packages/nvidia/cu13 or nvidia/cublas). That directory
+    also holds a copy of the CUDA runtime headers, so it goes *last* on nvcc's include path: the
+    toolkit's own headers win and only the cuBLAS ones come from the wheel. The library is linked
+    by its soname (libcublasLt.so.N): at run time that resolves to the copy torch has loaded.
+    """
+    roots = [Path(CUDA_HOME)] if CUDA_HOME else []
+    try:
+        import nvidia  # the wheels' namespace package
+
+        roots += [d for base in nvidia.__path__ for d in sorted(Path(base).iterdir()) if d.is_dir()]
+    except ImportError:
+        pass
+    header = next((r / "include" for r in roots if (r / "include" / "cublasLt.h").is_file()), None)
+    libs = [lib for r in roots for sub in ("lib64", "lib") for lib in sorted((r / sub).glob("libcublasLt.so*"))
+            if (r / sub).is_dir()]
+    if header is None or not libs:
+        raise RuntimeError("torchqat: the CUDA build needs cuBLASLt (cublasLt.h and libcublasLt.so), "
+                           f"found header={header}, libraries={libs}; install the CUDA toolkit's "
+                           "cuBLAS or the nvidia-cublas wheel")
+    nvcc = [] if CUDA_HOME and header == Path(CUDA_HOME) / "include" else [f"-I{header}"]
+    return nvcc, [str(libs[0])]
+
+
 if with_cuda:
+    cublaslt_nvcc_flags, cublaslt_link_flags = cublaslt()
     ext = CUDAExtension(
         "torchqat._C",
         sources,
         include_dirs=include_dirs,
         define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags + cublaslt_nvcc_flags},
+        extra_link_args=cublaslt_link_flags,
     )
 else:
     ext = CppExtension(

@@ -34,7 +34,10 @@ arch=$("$py" -c 'import torch; c = torch.cuda.get_device_capability(0); print(f"
 export TORCH_CUDA_ARCH_LIST="$arch" TORCHQAT_WITH_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}"
 step build "$py" setup.py -q build_ext --inplace --build-temp build/gpu
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
-step pytest "$py" -m pytest -q -x --durations=15
+# Not -x: one GPU run should report every failure it can (the device time is scarce).
+step pytest "$py" -m pytest -q --maxfail=30 --durations=15
+# The CUDA INT8 operators against the CPU ones, both GEMM paths, in their own log.
+step pytest_int8_cuda "$py" -m pytest -q -rs tests/test_int8_cuda.py
 for bench in benchmarks/bench_gpu.py benchmarks/bench_fake_quant.py; do
   [ -f "$bench" ] && step "$(basename "$bench" .py)" "$py" "$bench"
 done

@@ -574,8 +574,8 @@ def test_int8_linear_errors():
     with pytest.raises(RuntimeError, match="int8_linear: activation must be 'none', 'relu' or "
                                            "'silu', got 'gelu'"):
         int8.int8_linear(x, s, z, -128, 127, packed, "gelu")
-    # Meta tensors reach the fake kernel (shape inference); a CUDA input would reach the CUDA
-    # key, where no INT8 kernel is registered yet.
+    # Meta tensors reach the fake kernel (shape inference); CUDA inputs reach the CUDA kernels
+    # (tests/test_int8_cuda.py).
     y = int8.int8_linear(x.to("meta"), s.to("meta"), z.to("meta"), -128, 127, packed)
     assert y.device.type == "meta" and y.shape == (2, 3)
     with pytest.raises(RuntimeError, match="int8_matmul: input must be uint8 or int8, got Float"):

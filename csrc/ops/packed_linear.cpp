@@ -75,6 +75,31 @@ PackedLinear::PackedLinear(const at::Tensor& weight, const at::Tensor& weight_sc
   bias_or_zeros_ = bias_.has_value() ? *bias_ : at::zeros({N}, at::TensorOptions().dtype(at::kFloat));
 }
 
+std::shared_ptr<const DevicePack> PackedLinear::device_pack(const c10::Device& device) const {
+  TORCH_CHECK(!device.is_cpu() && device.has_index() && device.index() >= 0 &&
+                  device.index() < kMaxDevices,
+              kOp, ": device_pack needs an accelerator with an index below ", kMaxDevices, ", got ",
+              device);
+  const std::lock_guard<std::mutex> lock(device_mutex_);
+  std::shared_ptr<const DevicePack>& slot = device_packs_[device.index()];
+  if (slot) return slot;
+  auto p = std::make_shared<DevicePack>();
+  const int64_t N = out_features(), K = in_features();
+  p->k_padded = (K + DevicePack::kKAlign - 1) / DevicePack::kKAlign * DevicePack::kKAlign;
+  p->n_padded = (N + DevicePack::kNAlign - 1) / DevicePack::kNAlign * DevicePack::kNAlign;
+  const auto on_device = [&](const at::Tensor& t) { return t.to(device).contiguous(); };
+  p->weight = on_device(at::constant_pad_nd(weight_, {0, p->k_padded - K, 0, p->n_padded - N}, 0));
+  p->column_sums = on_device(col_sum_);
+  p->weight_scale = on_device(weight_scale_);
+  p->bias = on_device(bias_or_zeros_);
+  if (out_multiplier_.has_value()) {
+    p->out_multiplier = on_device(*out_multiplier_);
+    p->out_shift = on_device(*out_shift_);
+  }
+  slot = std::move(p);
+  return slot;
+}
+
 PackedLinear::State PackedLinear::state() const {
   c10::Dict<std::string, at::Tensor> d;
   d.insert("weight", weight_);

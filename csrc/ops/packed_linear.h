@@ -2,12 +2,19 @@
 // A TorchScript custom class (torch.classes.torchqat.PackedLinear), so that scripted INT8 models
 // hold it as an attribute and save it. Saving writes the unpacked parameters with a format
 // version; loading re-packs them for the CPU it runs on.
+//
+// TorchScript custom classes do not move with Module.to(), so the CUDA kernels do not need the
+// object to move: the first int8_linear call with an input on a GPU copies the weights there
+// (device_pack) and keeps that copy, one per device, for the object's lifetime.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/Dict.h>
 #include <torch/custom_class.h>
 
+#include <array>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -16,6 +23,21 @@
 
 namespace torchqat {
 namespace ops {
+
+// The weights of a PackedLinear on one accelerator, in the layout of the CUDA GEMM (cuBLASLt's
+// int8 "TN" GEMM, csrc/ops/cuda/int8_linear.cu): rows padded to n_padded and the reduction to
+// k_padded with zeros, so that every leading dimension and row start is 16-byte aligned.
+struct DevicePack {
+  static constexpr int64_t kKAlign = 16;  // bytes of a weight row: 16-byte aligned rows
+  static constexpr int64_t kNAlign = 8;   // output columns: int32 rows of 32 bytes
+  int64_t k_padded = 0;
+  int64_t n_padded = 0;
+  at::Tensor weight;        // int8 [n_padded, k_padded], zero padding
+  at::Tensor column_sums;   // int32 [N]: sum_k weight[n, k]
+  at::Tensor weight_scale;  // float32 [N]
+  at::Tensor bias;          // float32 [N] (zeros without a bias)
+  std::optional<at::Tensor> out_multiplier, out_shift;  // float32 [N]
+};
 
 class PackedLinear : public torch::CustomClassHolder {
  public:
@@ -48,6 +70,10 @@ class PackedLinear : public torch::CustomClassHolder {
   const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
   const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
 
+  // The weights on `device` (a GPU), copied there on the first call for that device and kept;
+  // thread-safe. The copy is a synchronous host-to-device transfer, once per device.
+  std::shared_ptr<const DevicePack> device_pack(const c10::Device& device) const;
+
   State state() const;
   static c10::intrusive_ptr<PackedLinear> from_state(State state);
 
@@ -57,6 +83,9 @@ class PackedLinear : public torch::CustomClassHolder {
   std::string kernel_;
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_;
+  static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
+  mutable std::mutex device_mutex_;
+  mutable std::array<std::shared_ptr<const DevicePack>, kMaxDevices> device_packs_;
 };
 
 // Registers torch.classes.torchqat.PackedLinear once. Every registration block that names the
