@@ -237,12 +237,14 @@ def _export_copy(fn: str, qat_model: nn.Module, opset: int) -> Tuple[nn.Module, 
         _replace_module(model, name, _ExportQDQ(q, name))
     for name in passing:
         _replace_module(model, name, nn.Identity())
+
+    def kind(m) -> str:
+        return "per-tensor" if m.axis is None else f"per-channel(axis={m.axis})"
+
     summary = {
-        "weights": Counter(f"{str(m.codes.dtype).replace('torch.', '')} "
-                           f"{'per-tensor' if m.axis is None else f'per-channel(axis={m.axis})'}"
+        "weights": Counter(f"{str(m.codes.dtype).replace('torch.', '')} {kind(m)}"
                            for m in model.modules() if isinstance(m, _ExportFoldedWeight)),
-        "activations": Counter(f"{str(m.zero_point.dtype).replace('torch.', '')} "
-                               f"{'per-tensor' if m.axis is None else f'per-channel(axis={m.axis})'}"
+        "activations": Counter(f"{str(m.zero_point.dtype).replace('torch.', '')} {kind(m)}"
                                for m in model.modules() if isinstance(m, _ExportQDQ)),
         "pass_through": passing,
     }
@@ -388,6 +390,113 @@ def _unshare_qdq_initializers(proto) -> int:
     return copied
 
 
+def _fold_batchnorm(proto) -> int:
+    """Folds each inference BatchNormalization that follows a Conv with a folded int8 weight into
+    that weight's per-channel DequantizeLinear scale and the Conv bias. Returns how many.
+
+    BatchNorm is a per-output-channel affine map ``y = f * (conv + b - mean) + beta`` with
+    ``f = gamma / sqrt(var + eps)``, and a per-channel weight scale is per output channel too, so
+
+        conv(x, codes * s_w) * f + ...  ==  conv(x, (sign(f) * codes) * (s_w * |f|)) + ...
+
+    The int8 codes keep their magnitudes (QAT's integers are untouched); only float rounding of
+    the new scale and bias differs from the QAT model, which computes BatchNorm after the
+    convolution. This is what lets ONNX Runtime (and TensorRT) see ``DQ -> Conv -> ReLU -> Q`` and
+    run an integer convolution instead of a float one followed by BatchNorm. A channel with
+    ``f == 0`` or, where ``f < 0``, a code of -128 (whose negation int8 cannot hold) leaves the
+    layer unfolded."""
+    import numpy as np
+    from onnx import helper as onnx_helper
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: Counter = Counter(i for n in graph.node for i in n.input)
+    graph_outputs = {o.name for o in graph.output}
+    taken = set(inits) | set(producer)
+
+    def attr(node, name, default):
+        for a in node.attribute:
+            if a.name == name:
+                return onnx_helper.get_attribute_value(a)
+        return default
+
+    folded = 0
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or \
+                attr(bn, "training_mode", 0) != 0:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or consumers[conv.output[0]] != 1 or \
+                conv.output[0] in graph_outputs:
+            continue
+        dq = producer.get(conv.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or consumers[dq.output[0]] != 1 or \
+                len(dq.input) < 3 or any(n not in inits for n in dq.input) or \
+                consumers[dq.input[0]] != 1 or consumers[dq.input[1]] != 1 or \
+                consumers[dq.input[2]] != 1:
+            continue
+        if any(n not in inits for n in bn.input[1:5]):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and (conv.input[2] not in inits or
+                                                      consumers[conv.input[2]] != 1):
+            continue
+        codes = numpy_helper.to_array(inits[dq.input[0]])
+        zero_point = numpy_helper.to_array(inits[dq.input[2]])
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        axis = attr(dq, "axis", 1)
+        cout = codes.shape[0]
+        if codes.dtype != np.int8 or np.any(zero_point != 0) or \
+                (scale.size != 1 and (axis % codes.ndim) != 0):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64)
+                                  for n in bn.input[1:5])
+        f = gamma / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
+        negative = f < 0
+        if np.any(f == 0) or np.any(codes[negative] == -128):
+            continue
+        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2] else np.zeros(cout))
+
+        new_codes = codes.copy()
+        new_codes[negative] = -new_codes[negative]
+        new_scale = (np.broadcast_to(scale.reshape(-1), (cout,)) * np.abs(f)).astype(np.float32)
+        new_bias = (f * (bias - mean) + beta).astype(np.float32)
+
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(new_codes, dq.input[0]))
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array(new_scale, dq.input[1]))
+        inits[dq.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(cout, np.int8),
+                                                            dq.input[2]))
+        for a in list(dq.attribute):
+            if a.name == "axis":
+                dq.attribute.remove(a)
+        dq.attribute.append(onnx_helper.make_attribute("axis", 0))
+        bias_name = (conv.input[2] if len(conv.input) > 2 and conv.input[2]
+                     else f"{conv.input[1]}_folded_bias")
+        while bias_name in taken and bias_name not in inits:
+            bias_name += "_"
+        if bias_name in inits:
+            inits[bias_name].CopyFrom(numpy_helper.from_array(new_bias, bias_name))
+        else:
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(numpy_helper.from_array(new_bias, bias_name))
+            inits[bias_name] = tensor
+            taken.add(bias_name)
+        while len(conv.input) < 3:
+            conv.input.append("")
+        conv.input[2] = bias_name
+        conv.output[0] = bn.output[0]
+        producer[bn.output[0]] = conv
+        graph.node.remove(bn)
+        folded += 1
+    # Drop the BatchNorm parameters no node reads any more.
+    used = {i for n in graph.node for i in n.input} | graph_outputs
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    return folded
+
+
 # -- export_onnx ----------------------------------------------------------------------------------
 
 
@@ -407,6 +516,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     input_names: Optional[Sequence[str]] = None,
     output_names: Optional[Sequence[str]] = None,
+    fold_batchnorm: bool = True,
     check: bool = True,
 ):
     """Exports a QAT model to an ONNX graph of QuantizeLinear / DequantizeLinear pairs.
@@ -434,6 +544,10 @@ def export_onnx(
             is traced as batch 2 (``torch.export`` specialises size-1 dimensions).
         input_names, output_names: names of the graph inputs and outputs (default ``input`` /
             ``input_<i>``, ``output`` / ``output_<i>``).
+        fold_batchnorm: fold each BatchNorm that follows a quantized convolution into that
+            convolution's per-channel weight scale and bias (the int8 codes keep their values up
+            to sign; only float rounding changes), so that runtimes see ``DequantizeLinear ->
+            Conv`` and can run it in integers. False keeps BatchNormalization nodes.
         check: run ``onnx.checker.check_model(full_check=True)`` on the result.
 
     Returns:
@@ -443,7 +557,8 @@ def export_onnx(
         ValueError: a quantizer was never calibrated or is still observing; a quantizer's range
             has no exact ONNX encoding at ``opset`` (activations must use the whole range of an
             ONNX integer type: ``[0, 255]`` or ``[-128, 127]``, plus ``[-32768, 32767]`` from
-            opset 21; weights must fit 8 bits below opset 21, int16 from it); bad ``opset`` or inputs.
+            opset 21; weights must fit 8 bits below opset 21, int16 from it); bad ``opset`` or
+            inputs.
         FileNotFoundError: the directory of ``path`` does not exist.
     """
     import onnx
@@ -513,6 +628,7 @@ def export_onnx(
             f"{fn}: asked for opset {opset} but the exporter wrote opset {written_opset} (its "
             "version conversion failed); use opset >= 18 with dynamo=True, or dynamo=False")
     _unshare_qdq_initializers(proto)
+    folded_bn = _fold_batchnorm(proto) if fold_batchnorm else 0
     counts = Counter(n.op_type for n in proto.graph.node)
     expected_q = sum(summary["activations"].values())
     expected_dq = expected_q + sum(summary["weights"].values())
@@ -530,10 +646,12 @@ def export_onnx(
 
     logger.info(
         "export_onnx: wrote %s (%.1f kB, opset %d, %s exporter, %d nodes) in %.1f s: "
-        "%d QuantizeLinear, %d DequantizeLinear; weights folded: %s; activations: %s",
+        "%d QuantizeLinear, %d DequantizeLinear; weights folded: %s; activations: %s; "
+        "BatchNorms folded into weight scales: %d",
         out_path, out_path.stat().st_size / 1024, opset, "dynamo" if dynamo else "TorchScript",
         len(proto.graph.node), time.perf_counter() - start, counts["QuantizeLinear"],
-        counts["DequantizeLinear"], fmt(summary["weights"]), fmt(summary["activations"]))
+        counts["DequantizeLinear"], fmt(summary["weights"]), fmt(summary["activations"]),
+        folded_bn)
     if summary["pass_through"]:
         logger.info("export_onnx: %d quantizer(s) in mode 'pass_through' left in float: %s",
                     len(summary["pass_through"]), ", ".join(summary["pass_through"]))
@@ -603,8 +721,9 @@ def export_torchscript(
             got = reloaded(*inputs)
         exp_items, got_items = _flatten_outputs(expected), _flatten_outputs(got)
         if [w for w, _ in exp_items] != [w for w, _ in got_items]:
-            raise RuntimeError(f"{fn}: the reloaded model returns a different structure: "
-                               f"{[w for w, _ in got_items]} instead of {[w for w, _ in exp_items]}")
+            raise RuntimeError(
+                f"{fn}: the reloaded model returns a different structure: "
+                f"{[w for w, _ in got_items]} instead of {[w for w, _ in exp_items]}")
         for (where, e), (_, g) in zip(exp_items, got_items):
             if isinstance(e, torch.Tensor):
                 same = isinstance(g, torch.Tensor) and e.shape == g.shape and \
