@@ -344,6 +344,22 @@ def _register_torchscript_symbolics() -> None:
 # -- graph clean-up -------------------------------------------------------------------------------
 
 
+def _inline_identity_initializers(proto) -> None:
+    """The TorchScript exporter shares equal constants through ``Identity`` nodes; make every
+    node read the initializer itself, so that the passes below see constants as constants."""
+    inits = {t.name for t in proto.graph.initializer}
+    graph_outputs = {o.name for o in proto.graph.output}
+    identity_of = {n.output[0]: n.input[0] for n in proto.graph.node
+                   if n.op_type == "Identity" and n.input[0] in inits
+                   and n.output[0] not in graph_outputs}
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            node.input[k] = identity_of.get(name, name)
+    dead = [n for n in proto.graph.node if n.op_type == "Identity" and n.output[0] in identity_of]
+    for n in dead:
+        proto.graph.node.remove(n)
+
+
 def _unshare_qdq_initializers(proto) -> int:
     """Gives every QuantizeLinear / DequantizeLinear its own scale and zero-point initializers.
 
@@ -353,20 +369,7 @@ def _unshare_qdq_initializers(proto) -> int:
     existing tensor"); other QDQ consumers also expect per-node parameters. Returns how many
     initializers were copied."""
     inits = {t.name: t for t in proto.graph.initializer}
-    # The TorchScript exporter shares a constant through Identity nodes: look through them.
-    identity_of = {n.output[0]: n.input[0] for n in proto.graph.node
-                   if n.op_type == "Identity" and n.input[0] in inits}
-    for node in proto.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            for k in range(1, len(node.input)):
-                node.input[k] = identity_of.get(node.input[k], node.input[k])
     users: Counter = Counter(name for n in proto.graph.node for name in n.input)
-    graph_outputs = {o.name for o in proto.graph.output}
-    dead = [n for n in proto.graph.node if n.op_type == "Identity" and n.output[0] in identity_of
-            and users[n.output[0]] == 0 and n.output[0] not in graph_outputs]
-    for n in dead:
-        proto.graph.node.remove(n)
-        users[n.input[0]] -= 1
     taken = set(inits) | {o for n in proto.graph.node for o in n.output}
     copied = 0
     for node in proto.graph.node:
@@ -439,8 +442,7 @@ def _fold_batchnorm(proto) -> int:
             continue
         if any(n not in inits for n in bn.input[1:5]):
             continue
-        if len(conv.input) > 2 and conv.input[2] and (conv.input[2] not in inits or
-                                                      consumers[conv.input[2]] != 1):
+        if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits:
             continue
         codes = numpy_helper.to_array(inits[dq.input[0]])
         zero_point = numpy_helper.to_array(inits[dq.input[2]])
@@ -472,17 +474,14 @@ def _fold_batchnorm(proto) -> int:
             if a.name == "axis":
                 dq.attribute.remove(a)
         dq.attribute.append(onnx_helper.make_attribute("axis", 0))
-        bias_name = (conv.input[2] if len(conv.input) > 2 and conv.input[2]
-                     else f"{conv.input[1]}_folded_bias")
-        while bias_name in taken and bias_name not in inits:
+        # A new initializer: the old bias may be shared (equal constants are merged).
+        bias_name = f"{dq.input[0]}_folded_bias"
+        while bias_name in taken:
             bias_name += "_"
-        if bias_name in inits:
-            inits[bias_name].CopyFrom(numpy_helper.from_array(new_bias, bias_name))
-        else:
-            tensor = graph.initializer.add()
-            tensor.CopyFrom(numpy_helper.from_array(new_bias, bias_name))
-            inits[bias_name] = tensor
-            taken.add(bias_name)
+        tensor = graph.initializer.add()
+        tensor.CopyFrom(numpy_helper.from_array(new_bias, bias_name))
+        inits[bias_name] = tensor
+        taken.add(bias_name)
         while len(conv.input) < 3:
             conv.input.append("")
         conv.input[2] = bias_name
@@ -627,6 +626,7 @@ def export_onnx(
         raise RuntimeError(
             f"{fn}: asked for opset {opset} but the exporter wrote opset {written_opset} (its "
             "version conversion failed); use opset >= 18 with dynamo=True, or dynamo=False")
+    _inline_identity_initializers(proto)
     _unshare_qdq_initializers(proto)
     folded_bn = _fold_batchnorm(proto) if fold_batchnorm else 0
     counts = Counter(n.op_type for n in proto.graph.node)
