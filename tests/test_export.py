@@ -549,3 +549,22 @@ def test_int16_at_opset_21(tmp_path):
     with torch.no_grad():
         expected = qmodel(x)
     assert_within_one_step(run_ort(ort_session(path, True), x), expected, output_step(qmodel))
+
+
+def test_onnxruntime_runs_integer_convolutions(tmp_path):
+    """With BatchNorm folded, ORT's optimiser turns DQ -> Conv -> ReLU -> Q into QLinearConv
+    (the point of the fold); without the fold no convolution runs in integers."""
+    counts = {}
+    for fold in (True, False):
+        qmodel, shape = calibrated("digits_cnn")
+        path = tmp_path / f"digits_{fold}.onnx"
+        export_onnx(qmodel, torch.randn(2, *shape), path, dynamo=False, opset=17,
+                    fold_batchnorm=fold)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.add_session_config_entry("session.x64quantprecision", "1")
+        so.optimized_model_filepath = str(tmp_path / f"optimized_{fold}.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(so.optimized_model_filepath)
+        counts[fold] = sum(n.op_type == "QLinearConv" for n in optimized.graph.node)
+    assert counts[True] >= 2 and counts[False] == 0, counts
