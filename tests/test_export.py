@@ -568,3 +568,31 @@ def test_onnxruntime_runs_integer_convolutions(tmp_path):
         optimized = onnx.load(so.optimized_model_filepath)
         counts[fold] = sum(n.op_type == "QLinearConv" for n in optimized.graph.node)
     assert counts[True] >= 2 and counts[False] == 0, counts
+
+
+@pytest.mark.slow
+def test_tiny_detector(tmp_path):
+    """The YOLO-style test detector: residual adds, split/concat, SPPF, nearest and grouped
+    transposed-convolution upsampling (per-channel weight axis 1 on the regrouped weight), two
+    heads and a sigmoid on the concatenated outputs."""
+    from qat_models import TinyDetector
+
+    torch.manual_seed(0)
+    qmodel = tq.prepare_qat(TinyDetector().eval())
+    tq.calibrate(qmodel, [torch.randn(2, 3, 64, 64) for _ in range(3)], progress=False)
+    qmodel.eval()
+    x = torch.randn(3, 3, 64, 64)
+    path = tmp_path / "detector.onnx"
+    proto = export_onnx(qmodel, x[:1], path, dynamo=False, opset=17)
+    inits, nodes, attrs = _graph_facts(proto)
+    regrouped = tuple(qmodel.up_learned.weight_to_quantize().shape)
+    axes = [a.get("axis", 1) for n, a in zip(nodes, attrs) if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].shape == regrouped]
+    assert axes == [1]
+    with torch.no_grad():
+        expected = qmodel(x)
+    # The output is sigmoid(head(x)): a step of tau at a head output moves it by <= tau / 4.
+    tau = max(output_step(h).max() for h in [nn.ModuleList([h]) for h in qmodel.heads]) / 4
+    for optimize in (False, True):
+        got = run_ort(ort_session(path, optimize), x)
+        assert (got - expected).abs().max() <= tau + 1e-6
