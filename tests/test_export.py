@@ -596,3 +596,39 @@ def test_tiny_detector(tmp_path):
     for optimize in (False, True):
         got = run_ort(ort_session(path, optimize), x)
         assert (got - expected).abs().max() <= tau + 1e-6
+
+
+# -- with tq.convert's INT8 model -----------------------------------------------------------------
+
+needs_convert = pytest.mark.skipif(not hasattr(tq, "convert"), reason="tq.convert not merged yet")
+
+
+@needs_convert
+@pytest.mark.parametrize("name", ["linear", "digits_cnn"])
+def test_export_torchscript_of_converted_model(tmp_path, name):
+    qmodel, shape = calibrated(name)
+    imodel = tq.convert(qmodel).eval()
+    x = torch.randn(6, *shape)
+    path = tmp_path / f"{name}.pt"
+    scripted = export_torchscript(imodel, path, x)
+    reloaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), imodel(x))
+        assert torch.equal(scripted(x), imodel(x))
+
+
+@needs_convert
+@pytest.mark.parametrize("name", ["linear", "conv_bn_silu", "digits_cnn"])
+def test_onnxruntime_agrees_with_int8_model(tmp_path, name):
+    """ORT running the QDQ export and torchqat's INT8 model (tq.convert) agree within one output
+    step: both compute the QAT model's integers, up to the flips described in the module doc."""
+    qmodel, shape = calibrated(name)
+    imodel = tq.convert(qmodel).eval()
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(qmodel, torch.randn(1, *shape), path, dynamo=False, opset=17)
+    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = imodel(x)
+    for optimize in (False, True):
+        assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
+                               output_step(qmodel))
