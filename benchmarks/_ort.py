@@ -9,8 +9,9 @@ Graph optimisations are on (ORT_ENABLE_ALL), so ORT rewrites the QuantizeLinear 
 DequantizeLinear pairs into its integer kernels (QLinearConv, QGemm, ...). On x86 CPUs without
 VNNI its fast uint8 x int8 kernels add pairs of products in int16 with saturation (vpmaddubsw) and
 can be wrong by much more than a quantization step; ``exact=True`` (the default) sets
-``session.x64quantprecision=1``, ORT's exact (slower) path, so that ORT computes what torchqat's
-INT8 kernels compute. Pass ``exact=False`` to time ORT's fast path too, and say so.
+``session.x64quantprecision=1``, ORT's exact path, so that ORT computes what torchqat's INT8
+kernels compute. Pass ``exact=False`` to time ORT's fast path too, and say so. The sessions come
+from ``torchqat.export.onnxruntime_session``.
 """
 
 from __future__ import annotations
@@ -24,25 +25,10 @@ import torch
 Inputs = Union[torch.Tensor, Sequence[Any]]
 
 
-def session_options(threads: int, exact: bool = True, optimize: bool = True):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if exact:
-        so.add_session_config_entry("session.x64quantprecision", "1")
-    return so
-
-
 def _session(path: str, threads: int, exact: bool, optimize: bool):
-    import onnxruntime as ort
+    from torchqat.export import onnxruntime_session
 
-    return ort.InferenceSession(path, session_options(threads, exact, optimize),
-                                providers=["CPUExecutionProvider"])
+    return onnxruntime_session(path, threads, exact=exact, optimize=optimize)
 
 
 def _default_path(name: str) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 
 import torchqat as tq
 import torchqat.int8  # noqa: F401  (tq.int8: quantize, pack_linear, int8_linear)
-from torchqat.export import export_onnx, export_torchscript
+from torchqat.export import export_onnx, export_torchscript, onnxruntime_session
 from torchqat.nn import QuantModuleMixin
 from torchqat.quantizers import FakeQuantizer
 
@@ -118,14 +118,8 @@ def calibrated(name, config=None, seed=0):
 
 
 def ort_session(path, optimize, threads=1):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads = threads
-    # On CPUs without VNNI, ORT's fast u8 x s8 kernels add pairs of products in int16 with
-    # saturation (vpmaddubsw) and are wrong by far more than a step; this selects its exact ones.
-    so.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    # exact: on CPUs without VNNI, ORT's fast u8 x s8 kernels saturate (see onnxruntime_session).
+    return onnxruntime_session(path, threads, exact=True, optimize=optimize)
 
 
 def run_ort(session, x):
@@ -632,3 +626,16 @@ def test_onnxruntime_agrees_with_int8_model(tmp_path, name):
     for optimize in (False, True):
         assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
                                output_step(qmodel))
+
+
+def test_onnxruntime_session_options(tmp_path):
+    qmodel, shape = calibrated("linear")
+    path = tmp_path / "m.onnx"
+    export_onnx(qmodel, torch.randn(2, *shape), path, dynamo=False, opset=17)
+    session = onnxruntime_session(path, 2, exact=True, optimize=False)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert options.get_session_config_entry("session.x64quantprecision") == "1"
+    with pytest.raises(ValueError, match="onnxruntime_session: threads must be a positive"):
+        onnxruntime_session(path, 0)

@@ -43,7 +43,7 @@ from ._ops import _quantized_dtype
 from .nn.quant_module import QuantModuleMixin
 from .quantizers import FakeQuantizer
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges"]
+__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges", "onnxruntime_session"]
 
 logger = logging.getLogger("torchqat")
 
@@ -660,6 +660,38 @@ def export_onnx(
         logger.info("export_onnx: %d quantizer(s) in mode 'pass_through' left in float: %s",
                     len(summary["pass_through"]), ", ".join(summary["pass_through"]))
     return proto
+
+
+def onnxruntime_session(path: PathLike, threads: Optional[int] = None, *, exact: bool = True,
+                        optimize: bool = True):
+    """An ONNX Runtime ``InferenceSession`` (CPU execution provider) for an exported QDQ model,
+    set up the way torchqat's tests and benchmarks run it.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: ``intra_op_num_threads`` (None: ONNX Runtime's default, all cores).
+        exact: set ``session.x64quantprecision=1``. On x86 CPUs without VNNI ONNX Runtime's
+            default uint8 x int8 kernels add pairs of products in int16 with saturation
+            (``vpmaddubsw``) and can miss by far more than a quantization step; this selects its
+            exact kernels (``docs/export_onnx.md``).
+        optimize: ``ORT_ENABLE_ALL`` (ONNX Runtime fuses Q/DQ pairs into integer kernels) or
+            ``ORT_DISABLE_ALL`` (every node runs as the ONNX specification defines it).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"onnxruntime_session: threads must be a positive integer or None, "
+                             f"got {threads!r}")
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if exact:
+        so.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 # -- export_torchscript ---------------------------------------------------------------------------
