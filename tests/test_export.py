@@ -134,16 +134,17 @@ def output_step(qmodel):
     return last.input_quantizer.effective_scale() * wq.abs().flatten(1).sum(1)
 
 
-def assert_within_one_step(got, expected, tau, integer_kernels=True):
+def assert_within_one_step(got, expected, tau, sparse=False):
     shape = [1, -1] + [1] * (expected.dim() - 2)
     err = (got - expected).abs()
     bound = tau.reshape(shape) + 1e-5 * expected.abs().max()
     assert (err <= bound).all(), (
         f"ONNX Runtime differs from the QAT model by {err.max().item():.4g}, more than one "
         f"output step (ratio {(err / bound).max().item():.3f})")
-    if not integer_kernels:
-        # Without ORT's requantizing kernels a code flips only at a rounding tie: nearly all
-        # outputs agree to float rounding.
+    if sparse:
+        # Small models run without ORT's requantizing kernels: a code flips only at a rounding
+        # tie, so nearly all outputs agree to float rounding. (Not so in a large model, where
+        # one flip anywhere reaches every output of its sample.)
         exact = err <= 1e-5 * expected.abs().max()
         assert exact.float().mean() >= 0.9, f"only {exact.float().mean():.3f} of outputs agree"
 
@@ -217,7 +218,7 @@ def test_onnxruntime_agrees_with_qat_model(tmp_path, name, optimize):
         expected = qmodel(x)
     got = run_ort(ort_session(path, optimize), x)
     assert got.shape == expected.shape
-    assert_within_one_step(got, expected, output_step(qmodel), integer_kernels=optimize)
+    assert_within_one_step(got, expected, output_step(qmodel), sparse=not optimize)
 
 
 @pytest.mark.slow
@@ -291,7 +292,7 @@ def test_batchnorm_folds_into_weight_scales(tmp_path, fold):
         expected = qmodel(x)
     for optimize in (False, True):
         assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
-                               output_step(qmodel), integer_kernels=optimize)
+                               output_step(qmodel), sparse=not optimize)
 
 
 def test_dynamic_batch(tmp_path):
@@ -304,7 +305,7 @@ def test_dynamic_batch(tmp_path):
         with torch.no_grad():
             expected = qmodel(x)
         assert_within_one_step(run_ort(session, x), expected, output_step(qmodel),
-                               integer_kernels=False)
+                               sparse=True)
 
 
 def test_four_bit_weights_fold_into_int8(tmp_path):
@@ -321,7 +322,7 @@ def test_four_bit_weights_fold_into_int8(tmp_path):
     with torch.no_grad():
         expected = qmodel(x)
     assert_within_one_step(run_ort(ort_session(path, False), x), expected, output_step(qmodel),
-                           integer_kernels=False)
+                           sparse=True)
 
 
 def test_symmetric_int8_activations(tmp_path):
@@ -351,7 +352,7 @@ def test_pass_through_quantizer_is_left_in_float(tmp_path, caplog):
     with torch.no_grad():
         expected = qmodel(x)
     assert_within_one_step(run_ort(ort_session(path, False), x), expected, output_step(qmodel),
-                           integer_kernels=False)
+                           sparse=True)
 
 
 def test_model_is_not_modified(tmp_path):
@@ -393,7 +394,7 @@ def test_raw_fake_quantize_call_is_translated(tmp_path):
     with torch.no_grad():
         expected = model(x)
     assert_within_one_step(run_ort(ort_session(path, False), x), expected, output_step(qmodel),
-                           integer_kernels=False)
+                           sparse=True)
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -639,3 +640,24 @@ def test_onnxruntime_session_options(tmp_path):
     assert options.get_session_config_entry("session.x64quantprecision") == "1"
     with pytest.raises(ValueError, match="onnxruntime_session: threads must be a positive"):
         onnxruntime_session(path, 0)
+
+
+@pytest.mark.slow
+def test_torchvision_resnet18(tmp_path):
+    """resnet18 (random init, 64x64): every BatchNorm folds, ORT agrees within one output step
+    (runs in the CUDA venv, where torchvision loads: make model-test)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    qmodel = tq.prepare_qat(torchvision.models.resnet18().eval())
+    tq.calibrate(qmodel, [torch.randn(4, 3, 64, 64) for _ in range(2)], progress=False)
+    qmodel.eval()
+    x = torch.randn(4, 3, 64, 64)
+    path = tmp_path / "resnet18.onnx"
+    proto = export_onnx(qmodel, x[:1], path, dynamo=False, opset=17)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("BatchNormalization") == 0 and ops.count("QuantizeLinear") == 21
+    with torch.no_grad():
+        expected = qmodel(x)
+    for optimize in (False, True):
+        assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
+                               output_step(qmodel))
