@@ -5,6 +5,7 @@ from .config import QATConfig, QuantSpec
 from .quantizers import FakeQuantizer
 from .nn import QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose2d, QuantLinear
 from .prepare import calibrate, prepare_qat
+from .report import QuantReport, SensitivityReport, plot_report, report, sensitivity
 from .export import export_onnx, export_torchscript
 
 __version__ = "0.1.0"
@@ -23,6 +24,11 @@ __all__ = [
     "QuantLinear",
     "prepare_qat",
     "calibrate",
+    "report",
+    "plot_report",
+    "sensitivity",
+    "QuantReport",
+    "SensitivityReport",
     "export_onnx",
     "export_torchscript",
 ]
