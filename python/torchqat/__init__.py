@@ -6,6 +6,8 @@ from .quantizers import FakeQuantizer
 from .nn import QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose2d, QuantLinear
 from .prepare import calibrate, prepare_qat
 from .report import QuantReport, SensitivityReport, plot_report, report, sensitivity
+from .nn import Int8Conv1d, Int8Conv2d, Int8Linear
+from .convert import convert
 from .export import export_onnx, export_torchscript
 
 __version__ = "0.1.0"
@@ -29,6 +31,10 @@ __all__ = [
     "sensitivity",
     "QuantReport",
     "SensitivityReport",
+    "Int8Conv1d",
+    "Int8Conv2d",
+    "Int8Linear",
+    "convert",
     "export_onnx",
     "export_torchscript",
 ]
