@@ -8,6 +8,7 @@ from .prepare import calibrate, prepare_qat
 from .report import QuantReport, SensitivityReport, plot_report, report, sensitivity
 from .nn import Int8Conv1d, Int8Conv2d, Int8Linear
 from .convert import convert
+from .export import export_onnx, export_torchscript
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,6 @@ __all__ = [
     "Int8Conv2d",
     "Int8Linear",
     "convert",
+    "export_onnx",
+    "export_torchscript",
 ]
