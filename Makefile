@@ -24,7 +24,7 @@ CMAKE_BUILD := build/cmake
 VPY  := $(VENV)/bin/python
 CPY  := $(VENV_CUDA)/bin/python
 
-.PHONY: test demo build cpp-test pytest cuda-check model-test bench bench-qat gpu-check clean
+.PHONY: test demo build cpp-test pytest cuda-check model-test bench bench-qat bench-int8 gpu-check clean
 
 # The venv is rebuilt when the pinned packages change.
 $(VENV)/.installed: Makefile
@@ -84,6 +84,9 @@ cuda-check: $(VENV_CUDA)/.installed
 CUDA_LIBRARY = TORCHQAT_LIBRARY="$$(ls build/cuda/lib/torchqat/_C*.so)" PYTHONPATH=python
 model-test: cuda-check
 	$(CUDA_LIBRARY) $(CPY) -m pytest -q
+
+bench-int8: cuda-check
+	$(CUDA_LIBRARY) $(CPY) benchmarks/bench_int8_cpu.py
 
 bench-qat: cuda-check
 	$(CUDA_LIBRARY) $(CPY) benchmarks/bench_qat_step.py
