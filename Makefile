@@ -3,6 +3,8 @@
 #   make demo        the same set-up, then the main job
 #   make cuda-check  CUDA 13 torch in its own venv; compiles every .cu for sm_80 and sm_90
 #   make gpu-check   on a GPU machine: build against its torch, full tests + GPU benchmarks
+#   make cpp-example libtorchqat installed as a CMake package, examples/cpp built against it, its
+#                    output checked against Python's (part of make test)
 PYTHON      ?= python3
 VENV        ?= .venv
 VENV_CUDA   ?= .venv-cuda
@@ -21,7 +23,7 @@ CMAKE_BUILD := build/cmake
 VPY  := $(VENV)/bin/python
 CPY  := $(VENV_CUDA)/bin/python
 
-.PHONY: test demo build cpp-test pytest cuda-check bench gpu-check clean
+.PHONY: test demo build cpp-test cpp-example pytest cuda-check bench gpu-check clean
 
 # The venv is rebuilt when the pinned packages change.
 $(VENV)/.installed: Makefile
@@ -49,10 +51,16 @@ cpp-test: $(VENV)/.installed /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.c
 	cmake --build $(CMAKE_BUILD) -j $(JOBS)
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
+# The C++ deployment path end to end (docs/deploy_cpp.md): an INT8 TorchScript model saved in
+# Python, libtorchqat installed from $(CMAKE_BUILD) into a prefix, examples/cpp built against it
+# with find_package(torchqat); the program's output must equal Python's bit for bit.
+cpp-example: build cpp-test
+	$(VPY) examples/cpp/check.py --cmake-build $(CMAKE_BUILD) --work build/cpp-example --jobs $(JOBS)
+
 pytest: build
 	$(VPY) -m pytest -q
 
-test: build cpp-test pytest
+test: build cpp-test cpp-example pytest
 
 demo: build
 	$(VPY) examples/fake_quant_demo.py
