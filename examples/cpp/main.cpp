@@ -228,8 +228,8 @@ int run(const Args& args) {
                        .count());
     }
     std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-    std::cout << "median latency over " << args.repeat << " runs: " << ms[ms.size() / 2]
-              << " ms\n";
+    std::cout << "median latency over " << args.repeat << " runs: " << std::setprecision(4)
+              << ms[ms.size() / 2] << " ms\n";
   }
 
   if (args.output) {
