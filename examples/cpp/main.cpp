@@ -12,8 +12,7 @@
 // Prints each output's shape, dtype and checksums (its sum and a 64-bit hash of its bytes), and
 // with --repeat the median latency. Exit status: 0 on success, 1 on an error (message on
 // stderr), 2 on bad usage.
-#include <torch/script.h>
-#include <torch/serialize.h>
+#include <torch/script.h>  // torch::jit::load, pickle_load / pickle_save
 
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -38,7 +37,7 @@ constexpr const char* kUsage =
     "usage: torchqat_infer MODEL.pt INPUT.pt [OUTPUT.pt] [--threads N] [--repeat N]\n"
     "  MODEL.pt   a TorchScript model saved with torch.jit.save (e.g. a converted torchqat model)\n"
     "  INPUT.pt   torch.save of a tensor, or of a tuple of tensors (one per forward argument)\n"
-    "  OUTPUT.pt  where to write forward's result with torch::pickle_save (torch.load reads it)\n"
+    "  OUTPUT.pt  where to write forward's result with torch::jit::pickle_save (torch.load reads it)\n"
     "  --threads  intra-op threads (at::set_num_threads); default: libtorch's choice\n"
     "  --repeat   run forward N more times and print the median latency\n";
 
@@ -134,7 +133,7 @@ std::vector<torch::jit::IValue> load_inputs(const std::string& path) {
   const std::vector<char> bytes = read_file(path, "input");
   torch::jit::IValue value;
   try {
-    value = torch::pickle_load(bytes);
+    value = torch::jit::pickle_load(bytes);
   } catch (const c10::Error& e) {
     throw std::runtime_error("cannot read input '" + path +
                              "' (expected torch.save of a tensor or a tuple of tensors): " +
@@ -233,7 +232,7 @@ int run(const Args& args) {
   }
 
   if (args.output) {
-    const std::vector<char> bytes = torch::pickle_save(output);
+    const std::vector<char> bytes = torch::jit::pickle_save(output);
     std::ofstream out(*args.output, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out) throw std::runtime_error("cannot write output '" + *args.output + "'");
