@@ -2,6 +2,7 @@
 #   make test        venv + pinned CPU torch + build + C++ tests + pytest
 #   make demo        the same set-up, then the main job
 #   make cuda-check  CUDA 13 torch in its own venv; compiles every .cu for sm_80 and sm_90
+#   make model-test  the pytest suite in that venv (torchvision models; CPU execution)
 #   make gpu-check   on a GPU machine: build against its torch, full tests + GPU benchmarks
 #   make cpp-example libtorchqat installed as a CMake package, examples/cpp built against it, its
 #                    output checked against Python's (part of make test)
@@ -10,6 +11,8 @@ VENV        ?= .venv
 VENV_CUDA   ?= .venv-cuda
 TORCH_CPU   := torch==2.13.0
 TORCH_CUDA  := torch==2.14.1
+# torchvision's PyPI wheels are CUDA builds: it lives in the CUDA venv only.
+TORCHVISION_CUDA := torchvision==0.29.1
 # Everything the tests, the examples and the benchmarks import.
 PY_DEPS     := pytest numpy ninja setuptools wheel expecttest tqdm scikit-learn \
                onnx onnxruntime onnxscript pycocotools rich matplotlib pillow
@@ -23,7 +26,7 @@ CMAKE_BUILD := build/cmake
 VPY  := $(VENV)/bin/python
 CPY  := $(VENV_CUDA)/bin/python
 
-.PHONY: test demo build cpp-test cpp-example pytest cuda-check bench gpu-check clean
+.PHONY: test demo build cpp-test pytest cuda-check model-test bench bench-qat gpu-check clean
 
 # The venv is rebuilt when the pinned packages change.
 $(VENV)/.installed: Makefile
@@ -54,6 +57,7 @@ cpp-test: $(VENV)/.installed /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.c
 # The C++ deployment path end to end (docs/deploy_cpp.md): an INT8 TorchScript model saved in
 # Python, libtorchqat installed from $(CMAKE_BUILD) into a prefix, examples/cpp built against it
 # with find_package(torchqat); the program's output must equal Python's bit for bit.
+.PHONY: cpp-example
 cpp-example: build cpp-test
 	$(VPY) examples/cpp/check.py --cmake-build $(CMAKE_BUILD) --work build/cpp-example --jobs $(JOBS)
 
@@ -75,13 +79,22 @@ bench: build
 $(VENV_CUDA)/.installed: Makefile
 	test -x $(CPY) || $(PYTHON) -m venv $(VENV_CUDA)
 	$(CPY) -m pip install -q --upgrade pip
-	$(CPY) -m pip install -q $(TORCH_CUDA) numpy ninja setuptools wheel
+	$(CPY) -m pip install -q $(TORCH_CUDA) $(TORCHVISION_CUDA) $(PY_DEPS)
 	touch $@
 
 cuda-check: $(VENV_CUDA)/.installed
 	TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS=$(JOBS) TORCHQAT_WITH_CUDA=1 \
 	  $(CPY) setup.py -q build_ext --build-temp build/cuda/tmp --build-lib build/cuda/lib
 	@ls build/cuda/lib/torchqat/_C*.so
+
+# The whole pytest suite again in the CUDA venv (torch 2.14.1 + torchvision, CPU execution), with
+# torchqat's CUDA build: the torchvision model tests run here (they skip in the CPU venv).
+CUDA_LIBRARY = TORCHQAT_LIBRARY="$$(ls build/cuda/lib/torchqat/_C*.so)" PYTHONPATH=python
+model-test: cuda-check
+	$(CUDA_LIBRARY) $(CPY) -m pytest -q
+
+bench-qat: cuda-check
+	$(CUDA_LIBRARY) $(CPY) benchmarks/bench_qat_step.py
 
 gpu-check:
 	bash scripts/gpu_check.sh

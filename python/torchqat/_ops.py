@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -13,6 +14,13 @@ _LIBRARY_NAME = "_C"
 
 
 def _library_path() -> Path:
+    # An explicit path wins: a library built elsewhere, e.g. CI's CUDA build in build/cuda/lib
+    # tested against the CUDA torch of a second environment.
+    explicit = os.environ.get("TORCHQAT_LIBRARY")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ImportError(f"torchqat: TORCHQAT_LIBRARY={explicit!r} is not a file")
+        return Path(explicit)
     here = Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         candidate = here / f"{_LIBRARY_NAME}{suffix}"
