@@ -11,6 +11,8 @@
 3. Configures and builds examples/cpp against the moved prefix (``find_package(torchqat)``).
 4. Runs the program on the saved model and input, and requires its output to equal Python's bit
    for bit: the same kernels on the same machine with the same thread count give the same bits.
+   Again with each INT8 kernel this CPU runs (``TORCHQAT_INT8_KERNEL``): they all give the same
+   bits too.
 5. Checks that the program's errors (a missing model, a file that is no model, an input that is
    no saved tensor, an input of the wrong shape) are one clear message and exit status 1.
 
@@ -150,10 +152,16 @@ def build_example(prefix: Path, work: Path, jobs: int) -> Path:
     return build / "torchqat_infer"
 
 
-def check_output(binary: Path, work: Path, threads: int) -> str:
+def check_output(binary: Path, work: Path, threads: int, kernel: str = "") -> str:
+    """Runs the program (with TORCHQAT_INT8_KERNEL=kernel when given) and compares its output
+    with the Python output saved by make_model."""
     out_path = work / "output.pt"
     out_path.unlink(missing_ok=True)
-    result = run([binary, work / "model.pt", work / "input.pt", out_path, "--threads", threads])
+    env = dict(os.environ)
+    if kernel:
+        env["TORCHQAT_INT8_KERNEL"] = kernel
+    result = run([binary, work / "model.pt", work / "input.pt", out_path, "--threads", threads],
+                 env=env)
     print(result.stdout, end="")
     expected = torch.load(work / "expected.pt", weights_only=True)
     got = torch.load(out_path, weights_only=True)
@@ -164,7 +172,8 @@ def check_output(binary: Path, work: Path, threads: int) -> str:
                           f"Python output {expected.dtype} {tuple(expected.shape)}")
     if not torch.equal(got, expected):
         diff = (got.double() - expected.double()).abs()
-        raise CheckFailed(f"C++ output differs from Python's in {(diff > 0).sum().item()} of "
+        raise CheckFailed(f"C++ output{f' with TORCHQAT_INT8_KERNEL={kernel}' if kernel else ''} "
+                          f"differs from Python's in {(diff > 0).sum().item()} of "
                           f"{diff.numel()} elements (max |diff| {diff.max().item():.3g})")
     return f"{tuple(got.shape)} {got.dtype}"
 
@@ -205,12 +214,18 @@ def main(argv=None) -> int:
         prefix = install_package(args.cmake_build.resolve(), args.work.resolve(), args.jobs)
         binary = build_example(prefix, args.work.resolve(), args.jobs)
         shape = check_output(binary, args.work, args.threads)
+        # Every INT8 kernel gives the same bits (docs/numerics.md): the environment variable
+        # that picks one when the model loads changes nothing in the output.
+        kernels = int8.available_kernels()
+        for kernel in kernels:
+            check_output(binary, args.work, args.threads, kernel)
         check_errors(binary, args.work)
     except CheckFailed as err:
         print(f"cpp-example: FAILED: {err}", file=sys.stderr)
         return 1
-    print(f"cpp-example: OK: the C++ program's output {shape} equals Python's bit for bit "
-          f"({described}; libtorchqat installed to a prefix that was then moved)")
+    print(f"cpp-example: OK: the C++ program's output {shape} equals Python's bit for bit, "
+          f"also with TORCHQAT_INT8_KERNEL={'|'.join(kernels)} ({described}; libtorchqat "
+          "installed to a prefix that was then moved)")
     return 0
 
 

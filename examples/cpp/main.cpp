@@ -119,9 +119,13 @@ torch::jit::Module load_model(const std::string& path) {
     module.eval();
     return module;
   } catch (const c10::Error& e) {
-    throw std::runtime_error("cannot load model '" + path +
-                             "' (expected a file saved with torch.jit.save): " +
-                             e.what_without_backtrace());
+    const std::string what = e.what_without_backtrace();
+    // The zip reader's errors mean the file is no TorchScript archive; others (a kernel this CPU
+    // lacks, TORCHQAT_INT8_KERNEL naming no kernel, ...) speak for themselves.
+    const bool not_an_archive = what.find("PytorchStreamReader") != std::string::npos;
+    throw std::runtime_error("cannot load model '" + path + "'" +
+                             (not_an_archive ? " (expected a file saved with torch.jit.save)" : "") +
+                             ": " + what);
   } catch (const std::exception& e) {
     // torch::jit::ErrorReport (code the model needs but this program lacks, e.g. the operators
     // of another extension library) is no c10::Error.
