@@ -67,6 +67,7 @@ pytest: build
 test: build cpp-test cpp-example pytest
 
 demo: build
+	$(VPY) examples/detector_qat.py
 	$(VPY) examples/fake_quant_demo.py
 	$(VPY) benchmarks/bench_fake_quant.py
 

@@ -5,11 +5,13 @@
 
 #include "ops/cpu/fake_quantize_kernels.h"
 #include "ops/cpu/int8_kernels.h"
+#include "ops/packed_conv2d.h"
 #include "ops/packed_linear.h"
 
 TORCH_LIBRARY(torchqat, m) {
   // Custom classes first: the INT8 schemas below name them.
   torchqat::ops::register_packed_linear_class();
+  torchqat::ops::register_packed_conv2d_class();
 
   // Fake quantization with a straight-through estimator: the gradient flows to `input` only,
   // masked to the elements inside the quantized range.
@@ -108,4 +110,28 @@ TORCH_LIBRARY(torchqat, m) {
   // Names of the CPU GEMM kernels PackedLinear can pack for on this machine, best first
   // ("int_mm" is torch._int_mm; "vnni_emulated" runs the VNNI kernel's logic on AVX2, for tests).
   m.def("int8_linear_kernels() -> str[]", &torchqat::cpu::int8_cpu_gemm_kernels);
+
+  // INT8 2-D convolution (zero padding): quantizes the input per tensor into NHWC bytes (padded
+  // positions act as q = zero point, so they contribute exactly 0), convolves with the packed
+  // int8 weights in int32 and applies int8_linear's epilogue per output channel c:
+  //   y = act((acc * (s_x * s_w[c]) + bias[c]) * out_multiplier[c] + out_shift[c])
+  m.def(
+      "int8_conv2d("
+      "Tensor input, "             // [N, C, H, W], any memory format; float32 / float16 / bfloat16
+      "Tensor input_scale, "       // 1 element, float32
+      "Tensor input_zero_point, "  // 1 element; integer in range, or float (rounded, clamped)
+      "int quant_min, "            // 8-bit: within [0, 255] or [-128, 127]
+      "int quant_max, "
+      "__torch__.torch.classes.torchqat.PackedConv2d packed, "  // weight [O, C/groups, kh, kw]
+      "str activation=\"none\""  // "none", "relu" or "silu"
+      ") -> Tensor");              // [N, O, Ho, Wo], float32, channels_last
+  // The integer part of int8_conv2d, for tests and custom epilogues:
+  //   out[n, o, y, x] = sum over the window of (input - input_zero_point) * weight  (int32, exact;
+  //   padding contributes 0)
+  m.def(
+      "int8_conv2d_acc("
+      "Tensor input, "             // [N, C, H, W], any memory format; uint8 or int8
+      "int input_zero_point, "     // within input's dtype range
+      "__torch__.torch.classes.torchqat.PackedConv2d packed"
+      ") -> Tensor");              // [N, O, Ho, Wo], int32, channels_last
 }

@@ -40,9 +40,12 @@ def lsq_reference(x, s, z, qmin, qmax, axis, g):
     s = s * g + (s - s * g).detach()
     zr = zr.reshape(shape) if axis is not None else zr
     zr = zr * g + (zr - zr * g).detach()
-    v = x / s
+    v = x * (1.0 / s)  # the reciprocal first, as the numerics define (x / s can differ by an ulp)
     v = v + (torch.round(v) - v).detach() + zr
-    q = v.clamp(qmin, qmax)
+    # An explicit mask: clamp's own gradient at the range ends changed across torch versions
+    # (1 up to 2.13, 0 from 2.14), and the numerics define the ends as inside.
+    inside = (v.detach() >= qmin) & (v.detach() <= qmax)
+    q = torch.where(inside, v, v.detach().clamp(qmin, qmax))
     return (q - zr) * s
 
 

@@ -5,6 +5,7 @@ from .config import QATConfig, QuantSpec
 from .quantizers import FakeQuantizer
 from .nn import QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose2d, QuantLinear
 from .prepare import calibrate, prepare_qat
+from .report import QuantReport, SensitivityReport, plot_report, report, sensitivity
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,9 @@ __all__ = [
     "QuantLinear",
     "prepare_qat",
     "calibrate",
+    "report",
+    "plot_report",
+    "sensitivity",
+    "QuantReport",
+    "SensitivityReport",
 ]

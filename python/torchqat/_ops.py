@@ -177,3 +177,99 @@ def _int8_linear_fake(input, input_scale, input_zero_point, quant_min, quant_max
 @torch.library.register_fake("torchqat::int8_matmul")
 def _int8_matmul_fake(input, input_zero_point, packed):
     return input.new_empty((*input.shape[:-1], packed.out_features()), dtype=torch.int32)
+
+
+@torch._library.register_fake_class("torchqat::PackedConv2d")
+class _FakePackedConv2d:
+    """What torch.compile / torch.export see of a PackedConv2d while tracing: the values of its
+    __obj_flatten__ (tensors as fake tensors), and the same methods."""
+
+    def __init__(self, w_int8, w_scale, b, bn_multiplier, bn_shift, conv_stride, conv_padding,
+                 conv_dilation, conv_groups, kernel_name):
+        self.w_int8 = w_int8
+        self.w_scale = w_scale
+        self.b = b
+        self.bn_multiplier = bn_multiplier
+        self.bn_shift = bn_shift
+        self.conv_stride = list(conv_stride)
+        self.conv_padding = list(conv_padding)
+        self.conv_dilation = list(conv_dilation)
+        self.conv_groups = conv_groups
+        self.kernel_name = kernel_name
+
+    @classmethod
+    def __obj_unflatten__(cls, flat):
+        return cls(**dict(flat))
+
+    def weight(self):
+        return self.w_int8
+
+    def weight_scale(self):
+        return self.w_scale
+
+    def bias(self):
+        return self.b
+
+    def out_multiplier(self):
+        return self.bn_multiplier
+
+    def out_shift(self):
+        return self.bn_shift
+
+    def stride(self):
+        return self.conv_stride
+
+    def padding(self):
+        return self.conv_padding
+
+    def dilation(self):
+        return self.conv_dilation
+
+    def groups(self):
+        return self.conv_groups
+
+    def in_channels(self):
+        return self.w_int8.shape[1] * self.conv_groups
+
+    def out_channels(self):
+        return self.w_int8.shape[0]
+
+    def kernel_size(self):
+        return [self.w_int8.shape[2], self.w_int8.shape[3]]
+
+    def kernel(self):
+        return self.kernel_name
+
+
+def _conv2d_output(op: str, input, packed, dtype):
+    # The C++ operators' shape checks and output: [N, O, Ho, Wo], channels_last.
+    if input.dim() != 4:
+        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got shape "
+                           f"{list(input.shape)}")
+    if input.shape[1] != packed.in_channels():
+        raise RuntimeError(f"{op}: input must have {packed.in_channels()} channels (in_channels "
+                           f"of packed), got shape {list(input.shape)}")
+    n, _, h, w = input.shape
+    (kh, kw), (sh, sw) = packed.kernel_size(), packed.stride()
+    (ph, pw), (dh, dw) = packed.padding(), packed.dilation()
+    span_h = h + 2 * ph - dh * (kh - 1) - 1
+    span_w = w + 2 * pw - dw * (kw - 1) - 1
+    torch._check(span_h >= 0 and span_w >= 0,
+                 lambda: f"{op}: the output would be empty: input of height x width {h} x {w} "
+                         "is smaller than the dilated kernel")
+    shape = (n, packed.out_channels(), span_h // sh + 1, span_w // sw + 1)
+    return torch.empty(shape, dtype=dtype, device=input.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("torchqat::int8_conv2d")
+def _int8_conv2d_fake(input, input_scale, input_zero_point, quant_min, quant_max, packed,
+                      activation="none"):
+    _check_devices("int8_conv2d", input, input_scale=input_scale,
+                   input_zero_point=input_zero_point)
+    return _conv2d_output("int8_conv2d", input, packed, torch.float32)
+
+
+@torch.library.register_fake("torchqat::int8_conv2d_acc")
+def _int8_conv2d_acc_fake(input, input_zero_point, packed):
+    return _conv2d_output("int8_conv2d_acc", input, packed, torch.int32)

@@ -1,5 +1,5 @@
-"""Real INT8 execution on plain integer tensors: quantize, dequantize, packed INT8 linear weights
-and the INT8 linear operator (CPU).
+"""Real INT8 execution on plain integer tensors: quantize, dequantize, packed INT8 linear and
+convolution weights and the INT8 linear and 2-D convolution operators (CPU).
 
 Tensors are ordinary ``torch.uint8`` / ``torch.int8`` (/ ``int16`` / ``int32``) tensors with
 explicit scales and zero points, not PyTorch's deprecated quantized dtypes. The numerics
@@ -14,7 +14,7 @@ explicit scales and zero points, not PyTorch's deprecated quantized dtypes. The 
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -26,6 +26,9 @@ __all__ = [
     "pack_linear",
     "int8_linear",
     "int8_matmul",
+    "pack_conv2d",
+    "int8_conv2d",
+    "int8_conv2d_acc",
     "available_kernels",
 ]
 
@@ -140,6 +143,97 @@ def int8_matmul(input: torch.Tensor, input_zero_point: int, packed: torch.Script
     """The integer part of :func:`int8_linear`: ``sum_k (input[..., k] - input_zero_point) *
     weight[n, k]`` as int32, exact, for uint8 or int8 ``input`` of shape ``[*, in_features]``."""
     return torch.ops.torchqat.int8_matmul(input, input_zero_point, packed)
+
+
+def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
+    if isinstance(value, int):
+        return [value, value]
+    values = [int(v) for v in value]
+    if len(values) != 2:
+        raise ValueError(
+            f"pack_conv2d: {name} must be an int or 2 ints (height, width), got {value!r}"
+        )
+    return values
+
+
+def pack_conv2d(
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_multiplier: Optional[torch.Tensor] = None,
+    out_shift: Optional[torch.Tensor] = None,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int]] = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    groups: int = 1,
+    kernel: str = "auto",
+) -> torch.ScriptObject:
+    """Packs the weights of an INT8 2-D convolution (zero padding) for this CPU.
+
+    Args:
+        weight_int8: int8 ``[out_channels, in_channels / groups, kernel_h, kernel_w]``,
+            per-output-channel symmetric (normally in ``[-127, 127]``; -128 is exact too).
+            ``in_channels / groups * kernel_h * kernel_w`` at most 65793, so that int32
+            accumulators cannot overflow.
+        weight_scale: float32 ``[out_channels]``, > 0.
+        bias: optional float ``[out_channels]``, added after the rescale.
+        out_multiplier, out_shift: optional float ``[out_channels]``, given together: after the
+            bias, ``y = y * out_multiplier + out_shift`` (a BatchNorm folded into the epilogue).
+        stride, padding, dilation: an int or (height, width), as ``torch.nn.Conv2d``'s.
+        groups: as ``torch.nn.Conv2d``'s; ``out_channels`` must be divisible by it.
+        kernel: ``"auto"`` (depthwise layers -- groups == in == out channels -- take the direct
+            ``"depthwise"`` kernel, the others the GEMM kernel :func:`pack_linear` would take),
+            ``"depthwise"``, or one of :func:`available_kernels` (GEMM per group over im2col
+            tiles).
+
+    Returns:
+        A ``torch.classes.torchqat.PackedConv2d``; it scripts, saves and re-packs on load like
+        :func:`pack_linear`'s object. Methods: ``weight()``, ``weight_scale()``, ``bias()``,
+        ``out_multiplier()``, ``out_shift()``, ``stride()``, ``padding()``, ``dilation()``,
+        ``groups()``, ``in_channels()``, ``out_channels()``, ``kernel_size()``, ``kernel()``.
+    """
+    return torch.classes.torchqat.PackedConv2d(
+        weight_int8, weight_scale, bias, out_multiplier, out_shift, _pair(stride, "stride"),
+        _pair(padding, "padding"), _pair(dilation, "dilation"), groups, kernel
+    )
+
+
+def int8_conv2d(
+    input: torch.Tensor,
+    input_scale: torch.Tensor,
+    input_zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    packed: torch.ScriptObject,
+    activation: str = "none",
+) -> torch.Tensor:
+    """INT8 2-D convolution: quantizes ``input`` per tensor (``fake_quantize``'s rounding),
+    convolves with the packed int8 weights in int32 (zero padding is exact: padded positions
+    act as ``q = zero_point``) and applies :func:`int8_linear`'s epilogue per output channel.
+
+    Args:
+        input: float32 (or float16 / bfloat16) ``[N, C, H, W]``, any memory format.
+        input_scale, input_zero_point: one element each; the activation quantizer's parameters.
+        quant_min, quant_max: an 8-bit range within ``[0, 255]`` or ``[-128, 127]``.
+        packed: from :func:`pack_conv2d`.
+        activation: ``"none"``, ``"relu"`` or ``"silu"``.
+
+    Returns:
+        float32 ``[N, out_channels, Ho, Wo]`` in ``torch.channels_last`` memory format; equal to
+        ``F.conv2d(fake_quantize(x), W_q, bias, ...)`` (then the multiplier / shift and the
+        activation) up to float rounding (``docs/numerics.md`` derives the bound).
+    """
+    return torch.ops.torchqat.int8_conv2d(
+        input, input_scale, input_zero_point, quant_min, quant_max, packed, activation
+    )
+
+
+def int8_conv2d_acc(input: torch.Tensor, input_zero_point: int,
+                    packed: torch.ScriptObject) -> torch.Tensor:
+    """The integer part of :func:`int8_conv2d`: for uint8 or int8 ``input [N, C, H, W]``, the
+    int32 ``[N, out_channels, Ho, Wo]`` (channels_last) sums of ``(input - input_zero_point) *
+    weight`` over each window, exact; padding contributes 0."""
+    return torch.ops.torchqat.int8_conv2d_acc(input, input_zero_point, packed)
 
 
 def available_kernels() -> List[str]:

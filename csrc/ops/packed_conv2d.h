@@ -1,0 +1,88 @@
+// PackedConv2d: the weights and geometry of an INT8 2-D convolution, packed once per group for
+// the machine's GEMM kernel (or laid out for the direct depthwise kernel). A TorchScript custom
+// class (torch.classes.torchqat.PackedConv2d), like PackedLinear: scripted INT8 models hold it as
+// an attribute and save it; saving writes the unpacked parameters with a format version, and
+// loading re-packs them for the CPU it runs on.
+#pragma once
+
+#include <ATen/core/Dict.h>
+#include <ATen/core/Tensor.h>
+#include <torch/custom_class.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ops/cpu/int8_kernels.h"
+
+namespace torchqat {
+namespace ops {
+
+class PackedConv2d : public torch::CustomClassHolder {
+ public:
+  // Version 1: (1, {"weight": int8 [O, C/groups, kh, kw], "weight_scale": float32 [O], and
+  // optionally "bias", "out_multiplier", "out_shift": float32 [O]},
+  // [stride_h, stride_w, padding_h, padding_w, dilation_h, dilation_w, groups]).
+  static constexpr int64_t kFormatVersion = 1;
+  using State =
+      std::tuple<int64_t, c10::Dict<std::string, at::Tensor>, std::vector<int64_t>>;
+
+  PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_scale,
+               const std::optional<at::Tensor>& bias,
+               const std::optional<at::Tensor>& out_multiplier,
+               const std::optional<at::Tensor>& out_shift, std::vector<int64_t> stride,
+               std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+               const std::string& kernel);
+
+  at::Tensor weight() const { return weight_; }
+  at::Tensor weight_scale() const { return weight_scale_; }
+  std::optional<at::Tensor> bias() const { return bias_; }
+  std::optional<at::Tensor> out_multiplier() const { return out_multiplier_; }
+  std::optional<at::Tensor> out_shift() const { return out_shift_; }
+  std::vector<int64_t> stride() const { return stride_; }
+  std::vector<int64_t> padding() const { return padding_; }
+  std::vector<int64_t> dilation() const { return dilation_; }
+  int64_t groups() const { return groups_; }
+  int64_t in_channels() const { return weight_.size(1) * groups_; }
+  int64_t out_channels() const { return weight_.size(0); }
+  std::vector<int64_t> kernel_size() const { return {weight_.size(2), weight_.size(3)}; }
+  // The kernel the weights are packed for ("auto" resolved): a GEMM kernel's name, or
+  // "depthwise" for the direct depthwise kernel (groups == in == out channels).
+  std::string kernel() const { return kernel_; }
+
+  // Packed form, for the CPU operators.
+  bool depthwise() const { return depthwise_; }
+  // Reduction depth of one group's GEMM: in_channels / groups * kh * kw.
+  int64_t depth() const { return weight_.size(1) * weight_.size(2) * weight_.size(3); }
+  const cpu::Int8GemmKernel* gemm() const { return gemm_; }  // nullptr: torch._int_mm / direct
+  // GEMM: group g's packed panels at g * packed_group_bytes(); int_mm: int8 [groups, K, O/g];
+  // depthwise: int32 [kh * kw, C] (tap-major, so the kernel reads C consecutive weights).
+  const at::Tensor& packed_weight() const { return packed_; }
+  int64_t packed_group_bytes() const { return packed_group_bytes_; }
+  // Depthwise: the same weights for the pair-of-taps kernel (cpu::depthwise_pair_weights).
+  const int16_t* depthwise_pairs() const { return pairs_.const_data_ptr<int16_t>(); }
+  // Per output channel: sum of its weights (the zero point's correction).
+  const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
+  const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
+
+  State state() const;
+  static c10::intrusive_ptr<PackedConv2d> from_state(State state);
+
+ private:
+  at::Tensor weight_, weight_scale_;
+  std::optional<at::Tensor> bias_, out_multiplier_, out_shift_;
+  std::vector<int64_t> stride_, padding_, dilation_;
+  int64_t groups_ = 1;
+  std::string kernel_;
+  bool depthwise_ = false;
+  const cpu::Int8GemmKernel* gemm_ = nullptr;
+  at::Tensor packed_, col_sum_, bias_or_zeros_, pairs_;
+  int64_t packed_group_bytes_ = 0;
+};
+
+// Registers torch.classes.torchqat.PackedConv2d once (see register_packed_linear_class).
+void register_packed_conv2d_class();
+
+}  // namespace ops
+}  // namespace torchqat
