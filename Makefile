@@ -4,6 +4,8 @@
 #   make cuda-check  CUDA 13 torch in its own venv; compiles every .cu for sm_80 and sm_90
 #   make model-test  the pytest suite in that venv (torchvision models; CPU execution)
 #   make gpu-check   on a GPU machine: build against its torch, full tests + GPU benchmarks
+#   make cpp-example libtorchqat installed as a CMake package, examples/cpp built against it, its
+#                    output checked against Python's (part of make test)
 PYTHON      ?= python3
 VENV        ?= .venv
 VENV_CUDA   ?= .venv-cuda
@@ -52,10 +54,17 @@ cpp-test: $(VENV)/.installed /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.c
 	cmake --build $(CMAKE_BUILD) -j $(JOBS)
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
+# The C++ deployment path end to end (docs/deploy_cpp.md): an INT8 TorchScript model saved in
+# Python, libtorchqat installed from $(CMAKE_BUILD) into a prefix, examples/cpp built against it
+# with find_package(torchqat); the program's output must equal Python's bit for bit.
+.PHONY: cpp-example
+cpp-example: build cpp-test
+	$(VPY) examples/cpp/check.py --cmake-build $(CMAKE_BUILD) --work build/cpp-example --jobs $(JOBS)
+
 pytest: build
 	$(VPY) -m pytest -q
 
-test: build cpp-test pytest
+test: build cpp-test cpp-example pytest
 
 demo: build
 	$(VPY) examples/detector_qat.py
