@@ -22,6 +22,7 @@
 
 #include "core/quantize.h"
 #include "ops/cpu/int8_conv_kernels.h"
+#include "ops/cpu/int8_common.h"
 #include "ops/cpu/int8_kernels.h"
 #include "ops/packed_conv2d.h"
 
@@ -44,22 +45,6 @@ using ops::PackedConv2d;
 
 // Output columns per GEMM task on the pointwise path, as int8_linear's.
 constexpr int64_t kTaskColumns = 128;
-
-enum class Activation { kNone, kRelu, kSilu };
-
-Activation parse_activation(c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
-  TORCH_CHECK(false, "int8_conv2d: activation must be 'none', 'relu' or 'silu', got '",
-              std::string(name), "'");
-}
-
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
 
 constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -215,54 +200,6 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
   });
 }
 
-// The activation quantizer's parameters, checked like int8_linear's (and fake_quantize's).
-struct ActivationQParams {
-  float scale;
-  float zero_point;
-};
-
-double single_value(const at::Tensor& t) {
-  double v = 0.0;
-  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "int8_conv2d", [&] {
-    v = static_cast<double>(*t.const_data_ptr<scalar_t>());
-  });
-  return v;
-}
-
-ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
-                                     const at::Tensor& scale, const at::Tensor& zero_point,
-                                     int64_t quant_min, int64_t quant_max) {
-  TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
-              ": input_scale and input_zero_point must hold one element each (per-tensor "
-              "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": input_scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": input_zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == input.device(), op, ": input_scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": input_zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
-  const double s = single_value(scale);
-  TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": input_scale must be positive and finite, got ",
-              s);
-  TORCH_CHECK(static_cast<float>(s) >= std::numeric_limits<float>::min(), op,
-              ": input_scale must be at least ", std::numeric_limits<float>::min(),
-              " (the smallest normal float32 number, so that 1/scale is finite), got ", s);
-  const double z = single_value(zero_point);
-  TORCH_CHECK(std::isfinite(z), op, ": input_zero_point must be finite, got ", z);
-  const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
-  TORCH_CHECK(!integral || (z >= quant_min && z <= quant_max), op,
-              ": input_zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
-              quant_max, "], got ", static_cast<int64_t>(z));
-  return {static_cast<float>(s),
-          static_cast<float>(core::effective_zero_point<double>(
-              z, static_cast<double>(quant_min), static_cast<double>(quant_max)))};
-}
-
 // input viewed as NHWC and made dense in that order (no copy for a channels_last input).
 at::Tensor nhwc(const at::Tensor& input) { return input.permute({0, 2, 3, 1}).contiguous(); }
 
@@ -271,7 +208,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
                            int64_t quant_max, const c10::intrusive_ptr<PackedConv2d>& packed,
                            c10::string_view activation) {
   const char* op = "int8_conv2d";
-  const Activation act = parse_activation(activation);
+  const Activation act = parse_activation(op, activation);
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);

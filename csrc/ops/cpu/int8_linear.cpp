@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/quantize.h"
+#include "ops/cpu/int8_common.h"
 #include "ops/cpu/int8_kernels.h"
 #include "ops/packed_linear.h"
 
@@ -24,22 +25,6 @@ using ops::PackedLinear;
 // Output columns per GEMM task: a task's B panels (128 x K bytes) stay in L2 while its row
 // block streams past them.
 constexpr int64_t kTaskColumns = 128;
-
-enum class Activation { kNone, kRelu, kSilu };
-
-Activation parse_activation(c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
-  TORCH_CHECK(false, "int8_linear: activation must be 'none', 'relu' or 'silu', got '",
-              std::string(name), "'");
-}
-
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
 
 std::vector<int64_t> output_shape(const at::Tensor& input, int64_t n) {
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
@@ -55,56 +40,6 @@ void check_packed(const char* op, const c10::intrusive_ptr<PackedLinear>& packed
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
               ": input must have shape [*, ", packed->in_features(),
               "] (in_features of packed), got shape ", shape_string(input));
-}
-
-// The activation quantizer's parameters as the kernels use them, checked like fake_quantize's
-// (scale positive, finite and normal in float32; an integer zero point inside the range; a float
-// one rounded half to even and clamped), with messages that name int8_linear's arguments.
-struct ActivationQParams {
-  float scale;
-  float zero_point;
-};
-
-double single_value(const at::Tensor& t) {
-  double v = 0.0;
-  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "int8_linear", [&] {
-    v = static_cast<double>(*t.const_data_ptr<scalar_t>());
-  });
-  return v;
-}
-
-ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
-                                     const at::Tensor& scale, const at::Tensor& zero_point,
-                                     int64_t quant_min, int64_t quant_max) {
-  TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
-              ": input_scale and input_zero_point must hold one element each (per-tensor "
-              "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": input_scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": input_zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == input.device(), op, ": input_scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": input_zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
-  const double s = single_value(scale);
-  TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": input_scale must be positive and finite, got ",
-              s);
-  TORCH_CHECK(static_cast<float>(s) >= std::numeric_limits<float>::min(), op,
-              ": input_scale must be at least ", std::numeric_limits<float>::min(),
-              " (the smallest normal float32 number, so that 1/scale is finite), got ", s);
-  const double z = single_value(zero_point);
-  TORCH_CHECK(std::isfinite(z), op, ": input_zero_point must be finite, got ", z);
-  const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
-  TORCH_CHECK(!integral || (z >= quant_min && z <= quant_max), op,
-              ": input_zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
-              quant_max, "], got ", static_cast<int64_t>(z));
-  return {static_cast<float>(s),
-          static_cast<float>(core::effective_zero_point<double>(
-              z, static_cast<double>(quant_min), static_cast<double>(quant_max)))};
 }
 
 // The GEMM of A (already in the kernel's layout) against the packed weights, in parallel over
@@ -151,7 +86,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
                            int64_t quant_max, const c10::intrusive_ptr<PackedLinear>& packed,
                            c10::string_view activation) {
   const char* op = "int8_linear";
-  const Activation act = parse_activation(activation);
+  const Activation act = parse_activation(op, activation);
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);

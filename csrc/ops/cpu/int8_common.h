@@ -1,0 +1,87 @@
+// Argument handling shared by the CPU INT8 operators (int8_linear, int8_conv2d): the activation
+// name and the per-tensor activation quantizer's parameters, checked like fake_quantize's with
+// messages that name the calling operator.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/string_view.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "core/quantize.h"
+
+namespace torchqat {
+namespace cpu {
+
+enum class Activation { kNone, kRelu, kSilu };
+
+inline Activation parse_activation(const char* op, c10::string_view name) {
+  if (name == "none") return Activation::kNone;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "silu") return Activation::kSilu;
+  TORCH_CHECK(false, op, ": activation must be 'none', 'relu' or 'silu', got '",
+              std::string(name), "'");
+}
+
+inline std::string shape_string(const at::Tensor& t) {
+  std::ostringstream ss;
+  ss << t.sizes();
+  return ss.str();
+}
+
+// The activation quantizer's parameters as the kernels use them: scale positive, finite and
+// normal in float32; an integer zero point inside the range; a float one rounded half to even
+// and clamped.
+struct ActivationQParams {
+  float scale;
+  float zero_point;
+};
+
+inline double single_value(const at::Tensor& t) {
+  double v = 0.0;
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "single_value", [&] {
+    v = static_cast<double>(*t.const_data_ptr<scalar_t>());
+  });
+  return v;
+}
+
+inline ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
+                                            const at::Tensor& scale, const at::Tensor& zero_point,
+                                            int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
+              ": input_scale and input_zero_point must hold one element each (per-tensor "
+              "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
+              ": input_scale must be float32 or float64, got ", scale.scalar_type());
+  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
+                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
+              op, ": input_zero_point must be an integer, float32 or float64 tensor, got ",
+              zero_point.scalar_type());
+  TORCH_CHECK(scale.device() == input.device(), op, ": input_scale must be on input's device (",
+              input.device(), "), got ", scale.device());
+  TORCH_CHECK(zero_point.device() == input.device(), op,
+              ": input_zero_point must be on input's device (", input.device(), "), got ",
+              zero_point.device());
+  const double s = single_value(scale);
+  TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": input_scale must be positive and finite, got ",
+              s);
+  TORCH_CHECK(static_cast<float>(s) >= std::numeric_limits<float>::min(), op,
+              ": input_scale must be at least ", std::numeric_limits<float>::min(),
+              " (the smallest normal float32 number, so that 1/scale is finite), got ", s);
+  const double z = single_value(zero_point);
+  TORCH_CHECK(std::isfinite(z), op, ": input_zero_point must be finite, got ", z);
+  const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
+  TORCH_CHECK(!integral || (z >= quant_min && z <= quant_max), op,
+              ": input_zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
+              quant_max, "], got ", static_cast<int64_t>(z));
+  return {static_cast<float>(s),
+          static_cast<float>(core::effective_zero_point<double>(
+              z, static_cast<double>(quant_min), static_cast<double>(quant_max)))};
+}
+
+}  // namespace cpu
+}  // namespace torchqat
