@@ -14,12 +14,13 @@
 #include <tuple>
 #include <vector>
 
+#include "core/export.h"
 #include "ops/cpu/int8_kernels.h"
 
 namespace torchqat {
 namespace ops {
 
-class PackedConv2d : public torch::CustomClassHolder {
+class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
  public:
   // Version 1: (1, {"weight": int8 [O, C/groups, kh, kw], "weight_scale": float32 [O], and
   // optionally "bias", "out_multiplier", "out_shift": float32 [O]},

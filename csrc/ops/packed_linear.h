@@ -19,6 +19,7 @@
 #include <string>
 #include <tuple>
 
+#include "core/export.h"
 #include "ops/cpu/int8_kernels.h"
 
 namespace torchqat {
@@ -39,7 +40,7 @@ struct DevicePack {
   std::optional<at::Tensor> out_multiplier, out_shift;  // float32 [N]
 };
 
-class PackedLinear : public torch::CustomClassHolder {
+class TORCHQAT_API PackedLinear : public torch::CustomClassHolder {
  public:
   // Version 1: {"weight": int8 [N, K], "weight_scale": float32 [N], and optionally "bias",
   // "out_multiplier", "out_shift": float32 [N]}.
