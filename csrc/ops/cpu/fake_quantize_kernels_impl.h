@@ -163,7 +163,8 @@ inline void for_each_segment(int64_t begin, int64_t end, const FakeQuantShape& s
 }
 
 template <typename scalar_t>
-void forward_typed(const scalar_t* x, scalar_t* y, FakeQuantShape sh, const FakeQuantQParams& qp) {
+void forward_typed(const scalar_t* x_ptr, scalar_t* y_ptr, FakeQuantShape sh,
+                   const FakeQuantQParams& qp) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
@@ -172,6 +173,10 @@ void forward_typed(const scalar_t* x, scalar_t* y, FakeQuantShape sh, const Fake
   const int64_t numel = sh.outer * sh.channels * sh.inner;
   at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
     for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      // Local copies: the vector stores may alias anything, so pointers read through the
+      // closure would be reloaded on every iteration.
+      const scalar_t* const x = x_ptr;
+      scalar_t* const y = y_ptr;
       int64_t i = b;
       if (gather) {
         for (; i + W <= e; i += W, c += W) {
@@ -194,8 +199,8 @@ void forward_typed(const scalar_t* x, scalar_t* y, FakeQuantShape sh, const Fake
 }
 
 template <typename scalar_t>
-void ste_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, FakeQuantShape sh,
-                        const FakeQuantQParams& qp) {
+void ste_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t* dx_ptr,
+                        FakeQuantShape sh, const FakeQuantQParams& qp) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
@@ -203,12 +208,15 @@ void ste_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, Fak
   const bool gather = sh.inner == 1 && sh.channels > 1;
   const int64_t numel = sh.outer * sh.channels * sh.inner;
   auto scalar = [&](int64_t i, int64_t c) {
-    const auto e = core::fake_quantize_element<T>(static_cast<T>(x[i]), p.s[c], p.inv_s[c],
+    const auto e = core::fake_quantize_element<T>(static_cast<T>(x_ptr[i]), p.s[c], p.inv_s[c],
                                                   p.z[c], p.qmin, p.qmax);
-    dx[i] = e.region == core::Region::kInside ? dy[i] : static_cast<scalar_t>(0);
+    dx_ptr[i] = e.region == core::Region::kInside ? dy_ptr[i] : static_cast<scalar_t>(0);
   };
   at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
     for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      const scalar_t* const dy = dy_ptr;  // local copies, as in forward_typed
+      const scalar_t* const x = x_ptr;
+      scalar_t* const dx = dx_ptr;
       int64_t i = b;
       if (gather) {
         for (; i + W <= e; i += W, c += W) {
@@ -229,8 +237,9 @@ void ste_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, Fak
 // millions of elements keep their precision); the partials are added in thread order at the end,
 // so the result is deterministic for a given thread count.
 template <typename scalar_t>
-void lsq_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, FakeQuantShape sh,
-                        const FakeQuantQParams& qp, double* dscale, double* dzero_point) {
+void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t* dx_ptr,
+                        FakeQuantShape sh, const FakeQuantQParams& qp, double* dscale,
+                        double* dzero_point) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
@@ -264,22 +273,27 @@ void lsq_backward_typed(const scalar_t* dy, const scalar_t* x, scalar_t* dx, Fak
       rows_since_flush = 0;
     };
     auto scalar = [&](int64_t i, int64_t c, T& acc_s, T& acc_z) {
-      const auto g = core::lsq_element_grad<T>(static_cast<T>(dy[i]), static_cast<T>(x[i]),
+      const auto g = core::lsq_element_grad<T>(static_cast<T>(dy_ptr[i]), static_cast<T>(x_ptr[i]),
                                                p.s[c], p.inv_s[c], p.z[c], p.qmin, p.qmax);
-      dx[i] = static_cast<scalar_t>(g.dx);
+      dx_ptr[i] = static_cast<scalar_t>(g.dx);
       acc_s += g.dscale;
       acc_z += g.dzero_point;
     };
 
     for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
+      const scalar_t* const dy = dy_ptr;  // local copies, as in forward_typed
+      const scalar_t* const x = x_ptr;
+      scalar_t* const dx = dx_ptr;
       int64_t i = b;
       if (gather) {
+        T* const ls = lane_s.data();
+        T* const lz = lane_z.data();
         for (; i + W <= e; i += W, c += W) {
           Vec vdx, vds, vdz;
           lsq_vec(load_opmath(dy + i), load_opmath(x + i), VecParams<T>::gather(p, c), vdx, vds, vdz);
           store_opmath(dx + i, vdx);
-          (Vec::loadu(&lane_s[c]) + vds).store(&lane_s[c]);
-          (Vec::loadu(&lane_z[c]) + vdz).store(&lane_z[c]);
+          (Vec::loadu(ls + c) + vds).store(ls + c);
+          (Vec::loadu(lz + c) + vdz).store(lz + c);
         }
         for (; i < e; ++i, ++c) scalar(i, c, lane_s[c], lane_z[c]);
         if (++rows_since_flush * C >= kFlush) flush_lanes();
