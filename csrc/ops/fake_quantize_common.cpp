@@ -55,6 +55,48 @@ std::string shape_string(const at::Tensor& t) {
   return ss.str();
 }
 
+// Checks that scale and zero_point have parameter dtypes, are on input's device and hold one
+// value per channel along `axis`, or one value (axis=None: per-tensor); returns the normalised
+// axis, -1 for per-tensor. `what` names the operation in the messages ("quantization",
+// "dequantization").
+int64_t check_qparams(const char* op, const char* what, const at::Tensor& input,
+                      const at::Tensor& scale, const at::Tensor& zero_point,
+                      std::optional<int64_t> axis) {
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
+              ": scale must be float32 or float64, got ", scale.scalar_type());
+  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
+                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
+              op, ": zero_point must be an integer, float32 or float64 tensor, got ",
+              zero_point.scalar_type());
+  TORCH_CHECK(scale.device() == input.device(), op, ": scale must be on input's device (",
+              input.device(), "), got ", scale.device());
+  TORCH_CHECK(zero_point.device() == input.device(), op,
+              ": zero_point must be on input's device (", input.device(), "), got ",
+              zero_point.device());
+  if (!axis.has_value()) {
+    TORCH_CHECK(scale.numel() == 1 && scale.dim() <= 1, op,
+                ": scale must hold one element for per-tensor ", what, " (axis=None), got "
+                "shape ", shape_string(scale));
+    TORCH_CHECK(zero_point.numel() == 1 && zero_point.dim() <= 1, op,
+                ": zero_point must hold one element for per-tensor ", what, " (axis=None), "
+                "got shape ", shape_string(zero_point));
+    return -1;
+  }
+  const int64_t dim = input.dim();
+  const int64_t a = *axis;
+  TORCH_CHECK(dim > 0 && a >= -dim && a < dim, op, ": axis must be in [", -dim, ", ", dim - 1,
+              "] for a ", dim, "-dimensional input, got axis=", a);
+  const int64_t normalised = a < 0 ? a + dim : a;
+  const int64_t channels = input.size(normalised);
+  TORCH_CHECK(scale.dim() == 1 && scale.numel() == channels, op, ": scale must have shape [",
+              channels, "] (input.size(", normalised, ")) for per-channel ", what,
+              ", got shape ", shape_string(scale));
+  TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == channels, op,
+              ": zero_point must have shape [", channels, "] (input.size(", normalised,
+              ")) for per-channel ", what, ", got shape ", shape_string(zero_point));
+  return normalised;
+}
+
 // The values of a small CPU tensor (a scale or zero-point vector) as doubles, read in place.
 std::vector<double> host_values(const at::Tensor& t) {
   const at::Tensor c = t.is_contiguous() ? t : t.contiguous();
@@ -110,46 +152,15 @@ FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
   TORCH_CHECK(is_supported_input_dtype(input.scalar_type()), op,
               ": input must be float32, float64, float16 or bfloat16, got ",
               input.scalar_type());
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
   TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be < quant_max, got quant_min=",
               quant_min, ", quant_max=", quant_max);
   // 2 to 16 bits, signed or unsigned: every value of the range is exact in float32.
   TORCH_CHECK(quant_min >= -65536 && quant_max <= 65535 && quant_max - quant_min <= 65535, op,
               ": [quant_min, quant_max] must span at most 16 bits within [-65536, 65535], got [",
               quant_min, ", ", quant_max, "]");
-  TORCH_CHECK(scale.device() == input.device(), op, ": scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
 
   FakeQuantProblem p;
-  if (axis.has_value()) {
-    const int64_t dim = input.dim();
-    const int64_t a = *axis;
-    TORCH_CHECK(dim > 0 && a >= -dim && a < dim, op, ": axis must be in [", -dim, ", ",
-                dim - 1, "] for a ", dim, "-dimensional input, got axis=", a);
-    p.axis = a < 0 ? a + dim : a;
-    const int64_t channels = input.size(p.axis);
-    TORCH_CHECK(scale.dim() == 1 && scale.numel() == channels, op,
-                ": scale must have shape [", channels, "] (input.size(", p.axis,
-                ")) for per-channel quantization, got shape ", shape_string(scale));
-    TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == channels, op,
-                ": zero_point must have shape [", channels, "] (input.size(", p.axis,
-                ")) for per-channel quantization, got shape ", shape_string(zero_point));
-  } else {
-    TORCH_CHECK(scale.numel() == 1 && scale.dim() <= 1, op,
-                ": scale must hold one element for per-tensor quantization (axis=None), got "
-                "shape ", shape_string(scale));
-    TORCH_CHECK(zero_point.numel() == 1 && zero_point.dim() <= 1, op,
-                ": zero_point must hold one element for per-tensor quantization (axis=None), "
-                "got shape ", shape_string(zero_point));
-  }
+  p.axis = check_qparams(op, "quantization", input, scale, zero_point, axis);
   if (grad.defined()) {
     TORCH_CHECK(grad.sizes() == input.sizes(), op, ": grad must have input's shape ",
                 shape_string(input), ", got ", shape_string(grad));
@@ -179,10 +190,31 @@ void check_grad_factor(const char* op, double grad_factor) {
   TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
 }
 
-FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem) {
-  at::Tensor out = at::empty_like(caller_input);
+FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem,
+                            std::optional<at::ScalarType> dtype) {
+  const at::ScalarType t = dtype.value_or(caller_input.scalar_type());
+  at::Tensor out = at::empty_like(caller_input, caller_input.options().dtype(t));
   if (!problem.copied && out.strides() == problem.input.strides()) return {out, out};
-  return {out, at::empty_like(problem.input)};
+  return {out, at::empty_like(problem.input, problem.input.options().dtype(t))};
+}
+
+FakeQuantProblem prepare_dequantize(const at::Tensor& input, const at::Tensor& scale,
+                                    const at::Tensor& zero_point, std::optional<int64_t> axis) {
+  const char* op = "dequantize";
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kChar || dt == at::kShort || dt == at::kInt, op,
+              ": input must be uint8, int8, int16 or int32, got ", dt);
+  FakeQuantProblem p;
+  p.axis = check_qparams(op, "dequantization", input, scale, zero_point, axis);
+  choose_layout(p, input);
+  return p;
+}
+
+at::ScalarType quantized_dtype(int64_t quant_min, int64_t quant_max) {
+  if (quant_min >= 0 && quant_max <= 255) return at::kByte;
+  if (quant_min >= -128 && quant_max <= 127) return at::kChar;
+  if (quant_min >= -32768 && quant_max <= 32767) return at::kShort;
+  return at::kInt;
 }
 
 at::ScalarType zero_point_grad_dtype(const at::Tensor& scale, const at::Tensor& zero_point) {

@@ -1,4 +1,5 @@
-// Host-side argument checking and layout shared by the CPU and CUDA fake-quant wrappers.
+// Host-side argument checking and layout shared by the CPU and CUDA wrappers of fake_quantize,
+// quantize and dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -48,7 +49,19 @@ struct FakeQuantOutput {
     if (!work.is_same(out)) out.copy_(work);
   }
 };
-FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem);
+// `dtype`: the output's dtype when it is not the input's (quantize, dequantize).
+FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem,
+                            std::optional<at::ScalarType> dtype = std::nullopt);
+
+// dequantize's checks (dtypes, devices, the axis, the parameter shapes; not the parameter
+// values, which CUDA checks on the device) and the same layout as prepare_fake_quant's, for an
+// integer input. Every message names dequantize, the argument and the value.
+FakeQuantProblem prepare_dequantize(const at::Tensor& input, const at::Tensor& scale,
+                                    const at::Tensor& zero_point, std::optional<int64_t> axis);
+
+// quantize's output dtype: the smallest of uint8, int8, int16, int32 that holds
+// [quant_min, quant_max].
+at::ScalarType quantized_dtype(int64_t quant_min, int64_t quant_max);
 
 // dtype of the zero-point gradient: zero_point's own when it is floating, else scale's.
 at::ScalarType zero_point_grad_dtype(const at::Tensor& scale, const at::Tensor& zero_point);

@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <sstream>
 #include <vector>
 
 #include "core/quantize.h"
@@ -18,14 +17,6 @@ namespace {
 
 // Elements per parallel task, as for the fake-quant kernels.
 constexpr int64_t kGrain = 32768;
-
-// The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
-at::ScalarType quantized_dtype(int64_t quant_min, int64_t quant_max) {
-  if (quant_min >= 0 && quant_max <= 255) return at::kByte;
-  if (quant_min >= -128 && quant_max <= 127) return at::kChar;
-  if (quant_min >= -32768 && quant_max <= 32767) return at::kShort;
-  return at::kInt;
-}
 
 IntType int_type(at::ScalarType t) {
   switch (t) {
@@ -40,35 +31,13 @@ IntType int_type(at::ScalarType t) {
   }
 }
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
-
-// Writes into `out` when its strides are the layout's, else into a temporary copied back at the
-// end (the output keeps empty_like(input)'s strides, as the fake implementations promise).
-struct Output {
-  at::Tensor out;
-  at::Tensor work;
-  Output(const at::Tensor& caller_input, const at::Tensor& layout, bool copied,
-         at::ScalarType dtype) {
-    out = at::empty_like(caller_input, caller_input.options().dtype(dtype));
-    work = (!copied && out.strides() == layout.strides()) ? out
-                                                         : at::empty_like(layout, layout.options().dtype(dtype));
-  }
-  at::Tensor finish() {
-    if (!work.is_same(out)) out.copy_(work);
-    return out;
-  }
-};
-
 at::Tensor quantize_cpu(const at::Tensor& input, const at::Tensor& scale,
                         const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
                         std::optional<int64_t> axis) {
   const auto p = ops::prepare_fake_quant("quantize", input, scale, zero_point, quant_min,
                                          quant_max, axis, at::Tensor());
-  Output o(input, p.input, p.copied, quantized_dtype(quant_min, quant_max));
+  ops::FakeQuantOutput o =
+      ops::make_output(input, p, ops::quantized_dtype(quant_min, quant_max));
   if (p.numel() == 0) return o.out;
   const ChannelShape sh{p.outer, p.channels, p.inner};
   const double qmin = static_cast<double>(quant_min), qmax = static_cast<double>(quant_max);
@@ -90,7 +59,8 @@ at::Tensor quantize_cpu(const at::Tensor& input, const at::Tensor& scale,
         }
       });
     });
-    return o.finish();
+    o.finish();
+    return o.out;
   }
 
   // float16 / bfloat16 compute in float32, like fake_quantize: convert first (same strides).
@@ -108,76 +78,14 @@ at::Tensor quantize_cpu(const at::Tensor& input, const at::Tensor& scale,
     k.quantize(xp, q, type, sh, begin, end, inv_s.data(), z.data(), static_cast<float>(qmin),
                static_cast<float>(qmax));
   });
-  return o.finish();
-}
-
-// The [outer, channels, inner] view of a dense tensor for `axis` (-1: per-tensor); copies the
-// input when its layout has no such view. Mirrors fake_quantize's layout rules.
-struct Layout {
-  at::Tensor input;
-  ChannelShape shape;
-  bool copied;
-};
-
-Layout dequantize_layout(const at::Tensor& input, int64_t axis) {
-  Layout l{input, {1, 1, input.numel()}, false};
-  if (axis < 0) {
-    if (!input.is_non_overlapping_and_dense()) l.input = input.contiguous();
-  } else if (axis == 1 && ((input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                            !input.is_contiguous()) ||
-                           (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
-                            !input.is_contiguous()))) {
-    const int64_t c = input.size(1);
-    l.shape = {c == 0 ? 0 : input.numel() / c, c, 1};
-  } else {
-    if (!input.is_contiguous()) l.input = input.contiguous();
-    int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < axis; ++d) outer *= input.size(d);
-    for (int64_t d = axis + 1; d < input.dim(); ++d) inner *= input.size(d);
-    l.shape = {outer, input.size(axis), inner};
-  }
-  l.copied = !l.input.is_same(input);
-  return l;
+  o.finish();
+  return o.out;
 }
 
 at::Tensor dequantize_cpu(const at::Tensor& input, const at::Tensor& scale,
                           const at::Tensor& zero_point, std::optional<int64_t> axis) {
   const char* op = "dequantize";
-  const auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kByte || dt == at::kChar || dt == at::kShort || dt == at::kInt, op,
-              ": input must be uint8, int8, int16 or int32, got ", dt);
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == input.device(), op, ": scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
-  int64_t a = -1;
-  if (axis.has_value()) {
-    const int64_t dim = input.dim();
-    TORCH_CHECK(dim > 0 && *axis >= -dim && *axis < dim, op, ": axis must be in [", -dim, ", ",
-                dim - 1, "] for a ", dim, "-dimensional input, got axis=", *axis);
-    a = *axis < 0 ? *axis + dim : *axis;
-    const int64_t c = input.size(a);
-    TORCH_CHECK(scale.dim() == 1 && scale.numel() == c, op, ": scale must have shape [", c,
-                "] (input.size(", a, ")) for per-channel dequantization, got shape ",
-                shape_string(scale));
-    TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == c, op,
-                ": zero_point must have shape [", c, "] (input.size(", a,
-                ")) for per-channel dequantization, got shape ", shape_string(zero_point));
-  } else {
-    TORCH_CHECK(scale.numel() == 1 && scale.dim() <= 1, op,
-                ": scale must hold one element for per-tensor dequantization (axis=None), got "
-                "shape ", shape_string(scale));
-    TORCH_CHECK(zero_point.numel() == 1 && zero_point.dim() <= 1, op,
-                ": zero_point must hold one element for per-tensor dequantization (axis=None), "
-                "got shape ", shape_string(zero_point));
-  }
+  const ops::FakeQuantProblem p = ops::prepare_dequantize(input, scale, zero_point, axis);
   // Parameters as the kernel reads them: scale in float32, zero point rounded half to even.
   const at::Tensor s64 = scale.detach().to(at::kDouble).contiguous();
   const at::Tensor z64 = zero_point.detach().to(at::kDouble).contiguous();
@@ -193,18 +101,19 @@ at::Tensor dequantize_cpu(const at::Tensor& input, const at::Tensor& scale,
     z.push_back(static_cast<float>(core::round_half_even(zv)));
   }
 
-  const Layout l = dequantize_layout(input, a);
-  Output o(input, l.input, l.copied, at::kFloat);
-  const int64_t numel = input.numel();
+  ops::FakeQuantOutput o = ops::make_output(input, p, at::kFloat);
+  const int64_t numel = p.numel();
   if (numel == 0) return o.out;
-  const void* q = l.input.const_data_ptr();
+  const void* q = p.input.const_data_ptr();
   float* y = o.work.mutable_data_ptr<float>();
-  const IntType type = int_type(dt);
+  const IntType type = int_type(input.scalar_type());
+  const ChannelShape shape{p.outer, p.channels, p.inner};
   const Int8CpuKernels& k = int8_cpu_kernels();
   at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-    k.dequantize(q, type, y, l.shape, begin, end, s.data(), z.data());
+    k.dequantize(q, type, y, shape, begin, end, s.data(), z.data());
   });
-  return o.finish();
+  o.finish();
+  return o.out;
 }
 
 }  // namespace

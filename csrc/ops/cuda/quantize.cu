@@ -24,8 +24,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <type_traits>
 
 #include "core/quantize.h"
@@ -39,12 +37,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Parameters, read on the device.
@@ -202,33 +194,8 @@ unsigned element_blocks(int64_t numel) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host wrappers. Same checks, layouts, dtypes and strides as csrc/ops/cpu/quantize.cpp.
-
-// The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
-at::ScalarType quantized_dtype(int64_t quant_min, int64_t quant_max) {
-  if (quant_min >= 0 && quant_max <= 255) return at::kByte;
-  if (quant_min >= -128 && quant_max <= 127) return at::kChar;
-  if (quant_min >= -32768 && quant_max <= 32767) return at::kShort;
-  return at::kInt;
-}
-
-// The output keeps empty_like(input)'s strides; the kernel writes into it directly when they
-// are the strides of the layout it walks, else into a temporary copied back at the end.
-struct Output {
-  at::Tensor out;
-  at::Tensor work;
-  Output(const at::Tensor& caller_input, const at::Tensor& layout, bool copied,
-         at::ScalarType dtype) {
-    out = at::empty_like(caller_input, caller_input.options().dtype(dtype));
-    work = (!copied && out.strides() == layout.strides())
-               ? out
-               : at::empty_like(layout, layout.options().dtype(dtype));
-  }
-  at::Tensor finish() {
-    if (!work.is_same(out)) out.copy_(work);
-    return out;
-  }
-};
+// Host wrappers. Checks, layouts and the output are shared with csrc/ops/cpu/quantize.cpp
+// (ops/fake_quantize_common.h).
 
 at::Tensor quantize_cuda(const at::Tensor& input, const at::Tensor& scale,
                          const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
@@ -236,7 +203,8 @@ at::Tensor quantize_cuda(const at::Tensor& input, const at::Tensor& scale,
   const auto p = ops::prepare_fake_quant("quantize", input, scale, zero_point, quant_min,
                                          quant_max, axis, at::Tensor());
   const c10::cuda::CUDAGuard device_guard(input.device());
-  Output o(input, p.input, p.copied, quantized_dtype(quant_min, quant_max));
+  ops::FakeQuantOutput o =
+      ops::make_output(input, p, ops::quantized_dtype(quant_min, quant_max));
   if (p.numel() == 0) return o.out;
   const Shape sh{p.numel(), p.channels, p.inner};
   const bool per_channel = p.channels > 1;
@@ -264,104 +232,36 @@ at::Tensor quantize_cuda(const at::Tensor& input, const at::Tensor& scale,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return o.finish();
-}
-
-// The [outer, channels, inner] view of a dense integer tensor for `axis` (-1: per-tensor);
-// copies the input when its layout has no such view. Mirrors dequantize_layout of the CPU file.
-struct Layout {
-  at::Tensor input;
-  int64_t channels;
-  int64_t inner;
-  bool copied;
-};
-
-Layout dequantize_layout(const at::Tensor& input, int64_t axis) {
-  Layout l{input, 1, input.numel(), false};
-  const bool channels_last_2d = input.dim() == 4 &&
-                                input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                                !input.is_contiguous();
-  const bool channels_last_3d = input.dim() == 5 &&
-                                input.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
-                                !input.is_contiguous();
-  if (axis < 0) {
-    if (!input.is_non_overlapping_and_dense()) l.input = input.contiguous();
-  } else if (axis == 1 && (channels_last_2d || channels_last_3d)) {
-    l.channels = input.size(1);
-    l.inner = 1;
-  } else {
-    if (!input.is_contiguous()) l.input = input.contiguous();
-    int64_t inner = 1;
-    for (int64_t d = axis + 1; d < input.dim(); ++d) inner *= input.size(d);
-    l.channels = input.size(axis);
-    l.inner = inner;
-  }
-  l.copied = !l.input.is_same(input);
-  return l;
+  o.finish();
+  return o.out;
 }
 
 at::Tensor dequantize_cuda(const at::Tensor& input, const at::Tensor& scale,
                            const at::Tensor& zero_point, std::optional<int64_t> axis) {
-  const char* op = "dequantize";
-  const auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kByte || dt == at::kChar || dt == at::kShort || dt == at::kInt, op,
-              ": input must be uint8, int8, int16 or int32, got ", dt);
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == input.device(), op, ": scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
-  int64_t a = -1;
-  if (axis.has_value()) {
-    const int64_t dim = input.dim();
-    TORCH_CHECK(dim > 0 && *axis >= -dim && *axis < dim, op, ": axis must be in [", -dim, ", ",
-                dim - 1, "] for a ", dim, "-dimensional input, got axis=", *axis);
-    a = *axis < 0 ? *axis + dim : *axis;
-    const int64_t c = input.size(a);
-    TORCH_CHECK(scale.dim() == 1 && scale.numel() == c, op, ": scale must have shape [", c,
-                "] (input.size(", a, ")) for per-channel dequantization, got shape ",
-                shape_string(scale));
-    TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == c, op,
-                ": zero_point must have shape [", c, "] (input.size(", a,
-                ")) for per-channel dequantization, got shape ", shape_string(zero_point));
-  } else {
-    TORCH_CHECK(scale.numel() == 1 && scale.dim() <= 1, op,
-                ": scale must hold one element for per-tensor dequantization (axis=None), got "
-                "shape ", shape_string(scale));
-    TORCH_CHECK(zero_point.numel() == 1 && zero_point.dim() <= 1, op,
-                ": zero_point must hold one element for per-tensor dequantization (axis=None), "
-                "got shape ", shape_string(zero_point));
-  }
-
+  const ops::FakeQuantProblem p = ops::prepare_dequantize(input, scale, zero_point, axis);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const Layout l = dequantize_layout(input, a);
-  Output o(input, l.input, l.copied, at::kFloat);
-  const int64_t numel = input.numel();
+  ops::FakeQuantOutput o = ops::make_output(input, p, at::kFloat);
+  const int64_t numel = p.numel();
   if (numel == 0) return o.out;
   // A channel may be empty (size 0 elsewhere): numel == 0 returned above, so channels >= 1.
   at::Tensor storage;
   const ChannelParams<float> params =
-      channel_params<float>(OpId::kDequantize, scale, zero_point, l.channels, 0.0, 0.0, storage);
-  const Shape sh{numel, l.channels, l.inner};
+      channel_params<float>(OpId::kDequantize, scale, zero_point, p.channels, 0.0, 0.0, storage);
+  const Shape sh{numel, p.channels, p.inner};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const unsigned blocks = element_blocks(numel);
   float* y = o.work.mutable_data_ptr<float>();
-  AT_DISPATCH_INTEGRAL_TYPES(dt, "dequantize_cuda", [&] {
-    const scalar_t* q = l.input.const_data_ptr<scalar_t>();
-    if (l.channels > 1) {
+  AT_DISPATCH_INTEGRAL_TYPES(input.scalar_type(), "dequantize_cuda", [&] {
+    const scalar_t* q = p.input.const_data_ptr<scalar_t>();
+    if (p.channels > 1) {
       dequantize_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(q, y, sh, params);
     } else {
       dequantize_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(q, y, sh, params);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return o.finish();
+  o.finish();
+  return o.out;
 }
 
 }  // namespace
