@@ -385,7 +385,8 @@ def test_int8_modules_eager_call_keeps_tensor_subclasses():
     assert _TracedTensor.seen == []
     y_sub = module(x.as_subclass(_TracedTensor))
     assert any("int8_linear" in f for f in _TracedTensor.seen), _TracedTensor.seen
-    assert torch.equal(y_plain, scripted(x)) and torch.equal(y_sub.as_subclass(torch.Tensor), y_plain)
+    assert torch.equal(y_plain, scripted(x))
+    assert torch.equal(y_sub.as_subclass(torch.Tensor), y_plain)
 
 
 def test_int8_linear_repr_and_attributes():

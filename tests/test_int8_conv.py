@@ -64,13 +64,13 @@ CONFIGS = [
     (1, 6, 10, 11, 9, 3, 2, 1, 1, 2),  # groups 2, stride 2
     (1, 4, 6, 10, 10, 5, 1, 3, 2, 1),  # dilation 2, padding 3
     (1, 3, 16, 23, 21, 7, 2, 3, 1, 1),  # the stem
-    (1, 20, 24, 9, 10, 3, 1, 1, 1, 1),  # im2col runs of 60 (40 at the border): 16-wide copies + tail
     (3, 6, 4, 5, 6, 3, 1, 0, 1, 2),
     (1, 4, 5, 6, 7, (3, 1), (1, 2), (1, 0), (2, 1), 1),  # rectangular everything
     (2, 16, 16, 9, 9, 3, 1, 1, 1, 16),  # depthwise
     (1, 13, 13, 7, 8, 5, 2, 2, 1, 13),  # depthwise, odd channels, stride 2
     (1, 12, 12, 6, 6, 3, 1, 1, 2, 12),  # depthwise, dilation 2
     (1, 40, 40, 5, 5, 7, 1, 3, 1, 40),  # depthwise 7x7, channels past one register block
+    (1, 20, 24, 9, 10, 3, 1, 1, 1, 1),  # appended (tests index rows above): im2col runs of 60, 40
 ]
 
 

@@ -158,6 +158,9 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t* ar = acc + r * ld_acc;
     float* o = out + r * ldo;
+    // The output never overlaps the accumulators or the parameters: without this GCC left the
+    // fixed 16-column loop scalar (it would not version a short loop for aliasing).
+#pragma GCC ivdep
     for (int64_t j = 0; j < cols; ++j) {
       float t = core::linear_epilogue(ar[j] - off[j], alpha[j], bias[j]);
       if constexpr (kAffine) t = core::fused_multiply_add(t, mult[j], shift[j]);
