@@ -360,6 +360,35 @@ def test_int8_linear_from_qat(config, bias, act):
         "q_w * s_w must equal the QAT layer's fake-quantized weight bit for bit"
 
 
+class _TracedTensor(torch.Tensor):
+    """A tensor subclass that records the functions its __torch_function__ sees."""
+
+    seen = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(str(func))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_int8_modules_eager_call_keeps_tensor_subclasses():
+    """The eager forward skips PyTorch's __torch_function__ probe of the packed-weights object
+    for plain tensors only: a subclass input still reaches its __torch_function__, and both
+    give the scripted module's output."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 40)
+    q = calibrated_layer(nn.Linear(40, 9), x)
+    module = tq.Int8Linear.from_qat(q[0], activation="relu")
+    scripted = torch.jit.script(module)
+    _TracedTensor.seen.clear()
+    y_plain = module(x)
+    assert _TracedTensor.seen == []
+    y_sub = module(x.as_subclass(_TracedTensor))
+    assert any("int8_linear" in f for f in _TracedTensor.seen), _TracedTensor.seen
+    assert torch.equal(y_plain, scripted(x))
+    assert torch.equal(y_sub.as_subclass(torch.Tensor), y_plain)
+
+
 def test_int8_linear_repr_and_attributes():
     x = torch.randn(8, 16)
     q = calibrated_layer(nn.Linear(16, 4), x)

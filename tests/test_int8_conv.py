@@ -70,6 +70,7 @@ CONFIGS = [
     (1, 13, 13, 7, 8, 5, 2, 2, 1, 13),  # depthwise, odd channels, stride 2
     (1, 12, 12, 6, 6, 3, 1, 1, 2, 12),  # depthwise, dilation 2
     (1, 40, 40, 5, 5, 7, 1, 3, 1, 40),  # depthwise 7x7, channels past one register block
+    (1, 20, 24, 9, 10, 3, 1, 1, 1, 1),  # appended (tests index rows above): im2col runs of 60, 40
 ]
 
 

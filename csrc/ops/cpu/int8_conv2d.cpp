@@ -234,9 +234,11 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
   const float* xp = x.const_data_ptr<float>();
   uint8_t* xqp = xq.mutable_data_ptr<uint8_t>();
   const Int8CpuKernels& k = int8_cpu_kernels();
-  at::parallel_for(0, pixels, std::max<int64_t>(1, 32768 / C), [&](int64_t begin, int64_t end) {
-    k.quantize_rows_u8(xp + begin * C, C, end - begin, C, inv_s, q.zero_point, qmin, qmax,
-                       a_shift, xqp + begin * C, C);
+  // x and xq are both dense [pixels * C]: quantized as single rows of up to 32768 elements,
+  // so that few-channel inputs (a 1- or 3-channel stem) run the vector loop, not C-long rows.
+  at::parallel_for(0, pixels * C, 32768, [&](int64_t begin, int64_t end) {
+    k.quantize_rows_u8(xp + begin, end - begin, 1, end - begin, inv_s, q.zero_point, qmin, qmax,
+                       a_shift, xqp + begin, end - begin);
   });
 
   std::vector<float> alpha(O);

@@ -33,6 +33,23 @@ inline void copy_channels(const uint8_t* src, int64_t n, AType* dst) {
   if constexpr (sizeof(AType) == 1) {
     std::memcpy(dst, src, static_cast<size_t>(n));
   } else {
+#if defined(TORCHQAT_CONV_WITH_AVX2)
+    // 16 bytes widened per step; a tail of a run of 16 or more redoes the last 16 (overlapping,
+    // same values) instead of a scalar loop.
+    if (n >= 16) {
+      int64_t c = 0;
+      for (; c + 16 <= n; c += 16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_cvtepu8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c))));
+      }
+      if (c < n) {
+        c = n - 16;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_cvtepu8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c))));
+      }
+      return;
+    }
+#endif
     for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<AType>(src[c]);
   }
 }
@@ -46,12 +63,13 @@ void im2col(const uint8_t* x, const Conv2dGeometry& g, int64_t group, uint8_t pa
   const uint8_t* xg = x + group * cg;
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride_h == 1 && g.stride_w == 1 &&
                          g.pad_h == 0 && g.pad_w == 0;
+  // Output pixel (n, oy, ox) of row m, advanced row by row (no divisions per row).
+  int64_t n = m0 / hw, oy = (m0 / g.Wo) % g.Ho, ox = m0 % g.Wo;
   for (int64_t m = m0; m < m1; ++m) {
     AType* row = a + (m - m0) * lda;
     if (pointwise) {  // output pixel m reads input pixel m
       copy_channels(xg + m * g.C, cg, row);
     } else {
-      const int64_t n = m / hw, oy = (m / g.Wo) % g.Ho, ox = m % g.Wo;
       const uint8_t* xn = xg + n * g.H * g.W * g.C;
       // With one group and no horizontal dilation, the taps kx of one kernel row read adjacent
       // pixels, whose channels are adjacent in NHWC: one copy per kernel row (for the 3-channel
@@ -86,7 +104,14 @@ void im2col(const uint8_t* x, const Conv2dGeometry& g, int64_t group, uint8_t pa
         }
       }
     }
-    std::fill(row + K, row + lda, static_cast<AType>(0));
+    for (int64_t k = K; k < lda; ++k) row[k] = 0;
+    if (++ox == g.Wo) {
+      ox = 0;
+      if (++oy == g.Ho) {
+        oy = 0;
+        ++n;
+      }
+    }
   }
 }
 

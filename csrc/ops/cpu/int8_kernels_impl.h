@@ -143,10 +143,13 @@ void dequantize(const void* q, IntType type, float* y, ChannelShape sh, int64_t 
 }
 
 // The epilogue of a block: rows of int32 accumulators (stride ld_acc) for output columns
-// [n0, n0 + cols); out / out_raw point at (row 0, column n0), stride ldo.
-template <bool kAffine, bool kRelu>
-void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,
+// [n0, n0 + cols); out / out_raw point at (row 0, column n0), stride ldo. kCols > 0: cols is
+// that compile-time constant (a full GEMM panel), so each row is a few whole vectors with no
+// remainder loop; the per-column parameters are then loaded once for all rows.
+template <bool kAffine, bool kRelu, int64_t kCols>
+void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols_rt,
                     const Int8Epilogue& e, float* out, int64_t ldo) {
+  const int64_t cols = kCols > 0 ? kCols : cols_rt;
   const int32_t* off = e.offset + n0;
   const float* alpha = e.alpha + n0;
   const float* bias = e.bias + n0;
@@ -155,6 +158,9 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t* ar = acc + r * ld_acc;
     float* o = out + r * ldo;
+    // The output never overlaps the accumulators or the parameters: without this GCC left the
+    // fixed 16-column loop scalar (it would not version a short loop for aliasing).
+#pragma GCC ivdep
     for (int64_t j = 0; j < cols; ++j) {
       float t = core::linear_epilogue(ar[j] - off[j], alpha[j], bias[j]);
       if constexpr (kAffine) t = core::fused_multiply_add(t, mult[j], shift[j]);
@@ -164,8 +170,10 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
   }
 }
 
-void epilogue_block(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,
-                    const Int8Epilogue& e, float* out, int32_t* out_raw, int64_t ldo) {
+template <int64_t kCols>
+void epilogue_block_cols(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0,
+                         int64_t cols, const Int8Epilogue& e, float* out, int32_t* out_raw,
+                         int64_t ldo) {
   if (e.raw_out) {
     const int32_t* off = e.offset + n0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -176,10 +184,17 @@ void epilogue_block(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
     return;
   }
   const bool affine = e.multiplier != nullptr;
-  if (affine && e.relu) return epilogue_float<true, true>(acc, ld_acc, rows, n0, cols, e, out, ldo);
-  if (affine) return epilogue_float<true, false>(acc, ld_acc, rows, n0, cols, e, out, ldo);
-  if (e.relu) return epilogue_float<false, true>(acc, ld_acc, rows, n0, cols, e, out, ldo);
-  return epilogue_float<false, false>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  if (affine && e.relu) {
+    return epilogue_float<true, true, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  }
+  if (affine) return epilogue_float<true, false, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  if (e.relu) return epilogue_float<false, true, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  return epilogue_float<false, false, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+}
+
+void epilogue_block(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,
+                    const Int8Epilogue& e, float* out, int32_t* out_raw, int64_t ldo) {
+  epilogue_block_cols<0>(acc, ld_acc, rows, n0, cols, e, out, out_raw, ldo);
 }
 
 void epilogue(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t N, const Int8Epilogue& e,
@@ -265,8 +280,13 @@ void gemm(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t 
     for (int64_t m = m0; m < m1; m += Micro::kRows) {
       const int64_t rows = std::min<int64_t>(Micro::kRows, m1 - m);
       run_rows<Micro>(rows, kp, a + m * g.lda, g.lda, b, acc);
-      epilogue_block(acc, P, rows, n0, cols, g.epilogue, g.out ? g.out + m * g.ldo + n0 : nullptr,
-                     g.out_raw ? g.out_raw + m * g.ldo + n0 : nullptr, g.ldo);
+      float* out = g.out ? g.out + m * g.ldo + n0 : nullptr;
+      int32_t* out_raw = g.out_raw ? g.out_raw + m * g.ldo + n0 : nullptr;
+      if (cols == P) {
+        epilogue_block_cols<P>(acc, P, rows, n0, P, g.epilogue, out, out_raw, g.ldo);
+      } else {
+        epilogue_block(acc, P, rows, n0, cols, g.epilogue, out, out_raw, g.ldo);
+      }
     }
   }
 }

@@ -1,0 +1,111 @@
+"""The detector's INT8 model on the CPU, layer by layer: TinyYOLO (examples/detector, width 16)
+at 64x64, batch 8, converted with tq.convert, against its float model, one thread.
+
+    python benchmarks/bench_int8_detector.py [--reps 30] [--layers 12] [--threads 1]
+
+Whole model: float and INT8 forwards, eager and TorchScript (float frozen; the INT8 model as
+tq.export_torchscript scripts it), interleaved (A B C D A B ...), medians. Per layer: every leaf
+module's forward timed with perf_counter from forward hooks (hooks add a few us each, alike for
+both models), medians over the repetitions, the slowest layers first; the INT8 layer's time
+includes its input quantization, im2col, GEMM, epilogue and SiLU. Weights are the random
+initialisation, calibrated on random images (scales affect accuracy, not the kernels' speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "examples"))
+from _common import header, time_interleaved  # noqa: E402
+
+import torchqat as tq  # noqa: E402
+from detector import TinyYOLO  # noqa: E402
+
+
+def build(batch: int):
+    torch.manual_seed(0)
+    model = TinyYOLO(10, 1, 16).eval()
+    qmodel = tq.prepare_qat(model, tq.QATConfig())
+    images = [torch.rand(batch, 1, 64, 64) for _ in range(2)]
+    tq.calibrate(qmodel, images, progress=False)
+    imodel = tq.convert(qmodel.eval()).eval()
+    return model, imodel, images[0]
+
+
+def layer_times(model, x, reps: int):
+    samples = defaultdict(list)
+    start = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if len(list(mod.children())) > 0:
+            continue
+
+        def pre(m, inp, name=name):
+            start[name] = time.perf_counter()
+
+        def post(m, inp, out, name=name):
+            samples[name].append(time.perf_counter() - start[name])
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    with torch.no_grad():
+        for _ in range(reps):
+            model(x)
+    for h in handles:
+        h.remove()
+    return {k: statistics.median(v) * 1e3 * len(v) / reps for k, v in samples.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--layers", type=int, default=12, help="slowest INT8 layers to list")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(header(args.threads))
+    model, imodel, x = build(args.batch)
+    # TorchScript: the deployment form (and no eager per-op Python overhead).
+    fmodel_ts = torch.jit.freeze(torch.jit.script(model))
+    imodel_ts = torch.jit.script(imodel)
+    with torch.no_grad():
+        t = time_interleaved({"float": lambda: model(x), "int8": lambda: imodel(x),
+                              "float_ts": lambda: fmodel_ts(x), "int8_ts": lambda: imodel_ts(x)},
+                             reps=args.reps, warmup=3)
+    print(f"\nTinyYOLO 64x64, batch {args.batch}, medians of {args.reps} interleaved runs:")
+    print(f"  eager      : float {t['float'] * 1e3:.2f} ms, INT8 {t['int8'] * 1e3:.2f} ms, "
+          f"float/INT8 = {t['float'] / t['int8']:.2f}x")
+    print(f"  TorchScript: float {t['float_ts'] * 1e3:.2f} ms (frozen), INT8 "
+          f"{t['int8_ts'] * 1e3:.2f} ms, float/INT8 = {t['float_ts'] / t['int8_ts']:.2f}x; "
+          f"eager float / TorchScript INT8 = {t['float'] / t['int8_ts']:.2f}x")
+
+    fl = layer_times(model, x, args.reps)
+    il = layer_times(imodel, x, args.reps)
+    # Float Conv = conv + bn + act modules; the INT8 layer replaces the three.
+    def float_group(name: str) -> float:
+        base = name.rsplit(".", 1)[0]
+        if name.endswith(".conv"):
+            return sum(fl.get(f"{base}.{p}", 0.0) for p in ("conv", "bn", "act"))
+        return fl.get(name, 0.0)
+
+    rows = sorted(il.items(), key=lambda kv: -kv[1])
+    print(f"\nper-layer medians (ms), INT8 sum {sum(il.values()):.2f}, float sum "
+          f"{sum(fl.values()):.2f}; float column = conv + bn + act")
+    print(f"{'layer':32} {'type':14} {'int8':>7} {'float':>7}")
+    for name, v in rows[:args.layers]:
+        mod = dict(imodel.named_modules())[name]
+        print(f"{name:32} {type(mod).__name__:14} {v:7.3f} {float_group(name):7.3f}")
+
+
+if __name__ == "__main__":
+    main()
