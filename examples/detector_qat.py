@@ -517,16 +517,17 @@ def run_tinyyolo(args) -> int:
     return 0
 
 
-def torchvision_flow(quick: bool = True) -> Dict[str, object]:
+def torchvision_flow() -> Dict[str, object]:
     """The same flow (prepare_qat, calibrate, QAT steps, evaluate, convert, TorchScript) on
-    torchvision's SSDlite320-MobileNetV3 with random weights: nothing in torchqat is
+    torchvision's SSDlite320-MobileNetV3 with random weights, in quick mode (64 training
+    images, 8 QAT steps, 32 validation images): nothing in torchqat is
     special-cased for TinyYOLO. Returns what ``run_torchvision`` logs and checks (also used by
     tests/test_detector_torchvision.py). Needs torchvision."""
     import torchvision
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
     s = QUICK
-    train_ds = DigitsDetection("train", num_images=64 if quick else 256, channels=3, seed=s.seed)
+    train_ds = DigitsDetection("train", num_images=64, channels=3, seed=s.seed)
     val_ds = DigitsDetection("val", num_images=32, channels=3, seed=s.seed)
     torch.manual_seed(0)
     # Labels 1..10 (0 is the background class of torchvision's detectors).
@@ -622,7 +623,7 @@ def run_torchvision(args) -> int:
         log(f"[torchvision] torchvision does not import here ({type(e).__name__}: {e}); "
             "skipped")
         return 0
-    r = torchvision_flow(quick=True)
+    r = torchvision_flow()
     losses, m = r["losses"], r["map"]
     log(f"[torchvision {r['version']}] SSDlite320-MobileNetV3 (random init): "
         f"{r['quantizers']} quantizers, {r['scales_moved']} scales moved; {len(losses)} QAT "
