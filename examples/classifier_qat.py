@@ -151,6 +151,22 @@ def evaluate(model, x, y):
     return 100.0 * correct / len(y), loss / len(y)
 
 
+@torch.no_grad()
+def correct(model, x, y):
+    """Which images ``model`` classifies correctly (bool ``[N]``)."""
+    model.eval()
+    return torch.cat([model(xb).argmax(1) == yb for xb, yb in batches(x, y, 256)])
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test: the probability, if both models were equally good, of a
+    split of the ``b + c`` discordant images at least as uneven as ``b`` : ``c``."""
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 def train(model, x, y, epochs, optimizer, seed, batch_size=64):
     g = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(y) / batch_size)
@@ -215,9 +231,12 @@ def run(seed: int, data, widths, float_epochs: int, qat_epochs: int, qat_lr: flo
         qmodel = tq.prepare_qat(model, config)
         calib = [xb for xb, _ in batches(x_train, y_train, 64, torch.Generator().manual_seed(1))]
         tq.calibrate(qmodel, calib, num_batches=8, progress=progress)
-        ptq = evaluate(qmodel, x_eval, y_eval)
+        ptq, ptq_right = evaluate(qmodel, x_eval, y_eval), correct(qmodel, x_eval, y_eval)
         train(qmodel, x_train, y_train, qat_epochs, qat_optimizer(qmodel, qat_lr), seed + 1)
-        results[label] = (ptq, evaluate(qmodel, x_eval, y_eval))
+        qat_right = correct(qmodel, x_eval, y_eval)
+        # The paired comparison: images only QAT gets right, images only PTQ gets right.
+        results[label] = (ptq, evaluate(qmodel, x_eval, y_eval),
+                          (int((qat_right & ~ptq_right).sum()), int((ptq_right & ~qat_right).sum())))
     return evaluate(model, x_eval, y_eval), results
 
 
@@ -273,10 +292,12 @@ def main(argv=None) -> int:
     for label, ((pa, pas), (pl, _), (qa, qas), (ql, _)) in rows.items():
         print(f"{label:26s} {cell(*fl[0])} {cell(pa, pas)} {cell(qa, qas)}"
               f"   {fl[1][0]:8.4f} {pl:8.4f} {ql:8.4f}")
-    print("per run, accuracy: float / PTQ QAT (8-bit) / PTQ QAT (4-bit)")
+    print("per run, accuracy: float / PTQ QAT (8-bit) / PTQ QAT (4-bit); 4-bit paired: images "
+          "only QAT / only PTQ classifies correctly, exact McNemar p")
     for seed, (f, res) in enumerate(runs):
-        cells = " / ".join(f"{p[0]:6.2f} {q[0]:6.2f}" for p, q in res.values())
-        print(f"  seed {seed}: {f[0]:6.2f} / {cells}")
+        cells = " / ".join(f"{p[0]:6.2f} {q[0]:6.2f}" for p, q, _ in res.values())
+        b, c = list(res.values())[-1][2]
+        print(f"  seed {seed}: {f[0]:6.2f} / {cells};  {b} vs {c}, p = {mcnemar_p(b, c):.2g}")
 
     (_, _, (qat8, _), _), (_, (ptq4, _), (qat4, _), _) = rows.values()
     wins = sum(r[1][label][1][0] > r[1][label][0][0] for r in runs for label in list(CONFIGS)[1:])

@@ -59,3 +59,11 @@ def test_classifier_qat_quick():
         # Two epochs on the hard set reach ~75% (chance: 10%); quantized models must not
         # collapse, and one QAT epoch must not make things worse.
         assert acc_float > 60 and acc_ptq > 55 and acc_qat > acc_ptq - 5
+
+
+def test_mcnemar_p_matches_scipy_binomial_test():
+    stats = pytest.importorskip("scipy.stats")
+    cq = _example()
+    for b, c in [(0, 0), (3, 3), (39, 10), (10, 39), (0, 7), (60, 12), (5, 6)]:
+        want = stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+        assert cq.mcnemar_p(b, c) == pytest.approx(want, rel=1e-9)
