@@ -250,5 +250,13 @@ def test_quick_job_runs(tmp_path):
     for m50_95, m50 in maps.values():
         assert 0 <= m50_95 <= m50 <= 100
     assert "check: all invariants hold" in out
+    if hasattr(tq, "convert"):
+        # The agreement checks ran (not skipped): INT8 vs fake-quant, TorchScript, ONNX Runtime.
+        ratios = [float(r) for r in re.findall(r"INT8 vs fake-quant raw outputs: .*?, (\S+) of "
+                                               r"one output step", out)]
+        assert len(ratios) == 2 and all(r <= 1.0 for r in ratios), ratios
+        assert "reloaded output max |diff| 0\n" in out
+        onnx_ratio = re.search(r"\[9 ONNX\].*\((\S+) of the one-output-step bound\)", out)
+        assert onnx_ratio is not None and float(onnx_ratio.group(1)) <= 1.0
     pngs = [f for f in os.listdir(tmp_path / "out") if f.endswith(".png")]
     assert len(pngs) >= 3, pngs

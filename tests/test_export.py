@@ -27,7 +27,8 @@ from torch import nn
 
 import torchqat as tq
 import torchqat.int8  # noqa: F401  (tq.int8: quantize, pack_linear, int8_linear)
-from torchqat.export import export_onnx, export_torchscript, onnxruntime_session
+from torchqat.export import (export_onnx, export_torchscript, onnxruntime_session,
+                             output_step)
 from torchqat.nn import QuantModuleMixin
 from torchqat.quantizers import FakeQuantizer
 
@@ -124,14 +125,6 @@ def ort_session(path, optimize, threads=1):
 
 def run_ort(session, x):
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-
-
-def output_step(qmodel):
-    """tau_j = s_x * sum_i |W_q[j, i]| of the model's last quantized layer (see module doc)."""
-    last = [m for m in qmodel.modules() if isinstance(m, QuantModuleMixin)][-1]
-    with torch.no_grad():
-        wq = last.weight_quantizer(last.weight)
-    return last.input_quantizer.effective_scale() * wq.abs().flatten(1).sum(1)
 
 
 def assert_within_one_step(got, expected, tau, sparse=False):
@@ -661,3 +654,30 @@ def test_torchvision_resnet18(tmp_path):
     for optimize in (False, True):
         assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
                                output_step(qmodel))
+
+
+def test_output_step_by_hand():
+    """torchqat.export.output_step: s_x * sum_i |W_q[j, i]| of the last quantized layer, with
+    W_q from PyTorch's own per-channel fake quantization; per output channel of a transposed
+    convolution (axis 1 of its weight); a model without quantized layers is refused."""
+    qmodel, _ = calibrated("linear")
+    last = qmodel[2]
+    wq = torch.fake_quantize_per_channel_affine(
+        last.weight.detach(), last.weight_quantizer.effective_scale(),
+        last.weight_quantizer.effective_zero_point(), 0, -127, 127)
+    want = last.input_quantizer.effective_scale() * wq.abs().sum(1)
+    torch.testing.assert_close(output_step(qmodel), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(output_step(last), want, rtol=1e-6, atol=0)
+
+    torch.manual_seed(0)
+    up = tq.prepare_qat(nn.Sequential(nn.ConvTranspose2d(6, 4, 2, stride=2)))
+    tq.calibrate(up, [torch.randn(2, 6, 5, 5)], progress=False)
+    w = up[0].weight.detach()                               # [in 6, out 4, 2, 2]
+    wq = torch.fake_quantize_per_channel_affine(
+        w, up[0].weight_quantizer.effective_scale(), up[0].weight_quantizer.effective_zero_point(),
+        1, -127, 127)
+    want = up[0].input_quantizer.effective_scale() * wq.abs().sum((0, 2, 3))
+    assert output_step(up).shape == (4,)
+    torch.testing.assert_close(output_step(up), want, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"output_step: model \(Sequential\) holds no quantized"):
+        output_step(nn.Sequential(nn.Linear(2, 2)))

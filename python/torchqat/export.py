@@ -43,7 +43,8 @@ from ._ops import _quantized_dtype
 from .nn.quant_module import QuantModuleMixin
 from .quantizers import FakeQuantizer
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges", "onnxruntime_session"]
+__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges", "onnxruntime_session",
+           "output_step"]
 
 logger = logging.getLogger("torchqat")
 
@@ -693,6 +694,34 @@ def onnxruntime_session(path: PathLike, threads: Optional[int] = None, *, exact:
     if exact:
         so.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def output_step(model: nn.Module) -> torch.Tensor:
+    """One quantization step of the output of ``model``'s last quantized layer, per output
+    channel: ``tau_j = s_x * sum_i |W_q[j, i]|`` (``s_x``: the step of the layer's fake-quantized
+    input, ``W_q``: its fake-quantized weight; ``model`` may be that layer itself).
+
+    ONNX Runtime (or any other integer runtime) may land an input code of that layer one step
+    away from torchqat's where the exact value sits on a rounding boundary; if every input is
+    within one step, output channel ``j`` is within ``tau_j`` (``docs/export_onnx.md`` derives
+    it). A following map with slope at most ``k`` (a sigmoid: 1/4) scales the bound by ``k``.
+    Returns a float32 tensor of ``out_channels`` elements. (For a transposed convolution every
+    kernel tap is counted: an upper bound.)
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantModuleMixin)]
+    if not layers:
+        raise ValueError(f"output_step: model ({type(model).__name__}) holds no quantized layer; "
+                         "run torchqat.prepare_qat first")
+    last = layers[-1]
+    if not (isinstance(last.input_quantizer, FakeQuantizer)
+            and isinstance(last.weight_quantizer, FakeQuantizer)):
+        raise ValueError(f"output_step: the last quantized layer ({type(last).__name__}) must "
+                         "quantize both its input and its weight")
+    with torch.no_grad():
+        wq = last.weight_quantizer(last.weight_to_quantize()).movedim(last._weight_axis(), 0)
+        # A per-channel input: its largest step bounds every channel's.
+        s_x = last.input_quantizer.effective_scale().max()
+        return (s_x * wq.abs().flatten(1).sum(1)).float()
 
 
 # -- export_torchscript ---------------------------------------------------------------------------
