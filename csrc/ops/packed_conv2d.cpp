@@ -156,6 +156,18 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
   }
 }
 
+std::shared_ptr<const void> PackedConv2d::device_cache(
+    const c10::Device& device, const std::function<std::shared_ptr<const void>()>& make) const {
+  TORCH_CHECK(!device.is_cpu() && device.has_index() && device.index() >= 0 &&
+                  device.index() < kMaxDevices,
+              kOp, ": device_cache needs an accelerator with an index below ", kMaxDevices,
+              ", got ", device);
+  const std::lock_guard<std::mutex> lock(device_mutex_);
+  std::shared_ptr<const void>& slot = device_caches_[device.index()];
+  if (!slot) slot = make();
+  return slot;
+}
+
 PackedConv2d::State PackedConv2d::state() const {
   c10::Dict<std::string, at::Tensor> d;
   d.insert("weight", weight_);
