@@ -4,8 +4,10 @@ same int32 accumulators (operands at the ends of their ranges, K in the thousand
 multiples of 4, both GEMM paths), int8_linear the same floats ("none" / "relu" bit for bit: the
 accumulators are exact and the epilogue is the same fma sequence on both; "silu" within a few
 ulp, its expf differs), a saved TorchScript module with a PackedLinear runs on CUDA after loading,
-device-side checks of the quantization parameters, opcheck, and the INT8 convolution once
-PackedConv2d has a CUDA kernel.
+device-side checks of the quantization parameters, opcheck, and the INT8 convolution: every CUDA
+kernel (1x1 GEMM, depthwise, implicit GEMM with word and byte gathers) gives the CPU's int32
+accumulators and, for "none" / "relu", the CPU's floats bit for bit; Int8Conv2d / Int8Conv1d,
+a converted model and a loaded TorchScript model run after .to("cuda").
 
 Everything here needs a GPU and a torchqat built with its CUDA kernels; without one the module
 is skipped.
@@ -296,6 +298,9 @@ def test_int8_linear_cuda_errors():
     s, z = torch.tensor([0.1], device=CUDA), torch.tensor([0], device=CUDA)
     with pytest.raises(RuntimeError, match=r"int8_linear: input_scale must be on input's device"):
         int8.int8_linear(x, s.cpu(), z, -128, 127, packed)
+    with pytest.raises(RuntimeError, match=r"int8_linear: input_scale must be on input's device "
+                                           r"\(cpu\), got cuda"):
+        int8.int8_linear(x.cpu(), s, z, -128, 127, packed)  # dispatched to CUDA by s and z
     with pytest.raises(RuntimeError, match=r"int8_linear: input must have shape \[\*, 5\]"):
         int8.int8_linear(x[:, :4], s, z, -128, 127, packed)
     with pytest.raises(RuntimeError, match="int8_linear: activation must be 'none', 'relu' or "
@@ -389,54 +394,298 @@ def test_int8_linear_opcheck_cuda():
 
 
 # ---------------------------------------------------------------------------------------------
-# INT8 convolution (csrc/ops/cuda/int8_conv2d.cu), through PackedConv2d's operators once they
-# have a CUDA registration.
-
-
-def conv_available():
-    if not hasattr(int8, "pack_conv2d"):
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("torchqat::int8_conv2d", "CUDA")
+# INT8 convolution (csrc/ops/cuda/int8_conv2d.cu) through PackedConv2d's operators. The kernel a
+# case runs: "gemm" (1x1, stride 1, no padding, one group), "depthwise" (groups == C), else the
+# implicit GEMM ("words": one group, 32-bit loads; "bytes": grouped, byte gathers).
 
 
 CONV_CASES = [
-    # (N, C, H, W, O, k, stride, padding, dilation, groups)   kernel it exercises
-    (2, 32, 9, 9, 48, 1, 1, 0, 1, 1),     # 1x1: the GEMM
-    (1, 3, 17, 19, 16, 3, 2, 1, 1, 1),    # stem-like, C not a multiple of 4
-    (2, 20, 8, 8, 24, 3, 1, 1, 1, 1),     # implicit GEMM, channels padded
-    (1, 16, 11, 7, 8, 3, 1, 2, 2, 1),     # dilation
-    (2, 64, 8, 8, 32, 1, 2, 0, 1, 1),     # 1x1 stride 2: implicit GEMM
-    (1, 12, 9, 9, 18, 3, 1, 1, 1, 3),     # grouped: byte gathers
-    (2, 32, 10, 10, 32, 3, 1, 1, 1, 32),  # depthwise
-    (1, 8, 7, 7, 16, 5, 2, 2, 1, 8),      # depthwise, channel multiplier 2
+    # (N, C, H, W, O, k, stride, padding, dilation, groups)     kernel it exercises
+    (2, 32, 9, 9, 48, 1, 1, 0, 1, 1),       # gemm
+    (1, 5, 7, 9, 11, 1, 1, 0, 1, 1),        # gemm, odd C and O
+    (3, 7, 5, 4, 9, 1, 1, 0, 2, 1),         # gemm (dilation of a 1x1 kernel is moot)
+    (1, 3, 17, 19, 16, 3, 2, 1, 1, 1),      # words: stem-like, C not a multiple of 4
+    (2, 20, 8, 8, 24, 3, 1, 1, 1, 1),       # words, channels padded to 32
+    (1, 16, 11, 7, 8, 3, 1, 2, 2, 1),       # words, dilation 2
+    (2, 64, 8, 8, 33, 1, 2, 0, 1, 1),       # words: 1x1 stride 2
+    (1, 8, 6, 6, 8, 1, 1, 1, 1, 1),         # words: 1x1 with padding (a ring of zero points)
+    (2, 16, 20, 20, 130, 3, 1, 1, 1, 1),    # words, several 64 x 64 tiles both ways
+    (1, 4, 5, 6, 7, (3, 1), (1, 2), (1, 0), (2, 1), 1),  # words, rectangular everything
+    (1, 3, 2, 2, 5, 3, 1, 2, 1, 1),         # words, input smaller than the kernel (padding)
+    (1, 12, 9, 9, 18, 3, 1, 1, 1, 3),       # bytes: grouped
+    (1, 6, 10, 11, 9, 3, 2, 1, 1, 3),       # bytes: odd channels per group, stride 2
+    (2, 8, 7, 7, 4, 3, 1, 1, 1, 2),         # bytes: 4 input, 2 output channels per group
+    (2, 32, 10, 10, 32, 3, 1, 1, 1, 32),    # depthwise
+    (1, 13, 7, 8, 13, 5, 2, 2, 1, 13),      # depthwise, odd channels, stride 2
+    (1, 12, 6, 6, 12, 3, 1, 1, 2, 12),      # depthwise, dilation 2
+    (1, 8, 7, 7, 16, 5, 2, 2, 1, 8),        # depthwise, channel multiplier 2
 ]
 
 
-@pytest.mark.skipif(not conv_available(), reason="PackedConv2d has no CUDA kernel yet")
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_int8_conv2d_cuda_equals_cpu(case):
+def conv_case_id(case):
+    return "N{}C{}H{}W{}O{}_k{}s{}p{}d{}g{}".format(*case).replace(" ", "")
+
+
+def make_packed_conv(case, g, bias=True, bn=True):
     n, c, h, w_, o, k, stride, padding, dilation, groups = case
-    g = gen(50)
-    weight = randint(-127, 127, (o, c // groups, k, k), torch.int8, g)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    weight = randint(-127, 127, (o, c // groups, kh, kw), torch.int8, g)
     s_w = torch.rand(o, generator=g) * 0.01 + 0.001
-    bias, mult, shift = torch.randn(o, generator=g), torch.rand(o, generator=g) + 0.5, \
-        torch.randn(o, generator=g)
-    packed = int8.pack_conv2d(weight, s_w, bias, mult, shift, stride=stride, padding=padding,
-                              dilation=dilation, groups=groups)
-    x = torch.randn(n, c, h, w_, generator=g) * 2
-    s_x, z_x = torch.tensor([0.02]), torch.tensor([117])
-    # Exact accumulators, uint8 and int8 inputs, including the range ends.
+    b = torch.randn(o, generator=g) if bias else None
+    mult = torch.rand(o, generator=g) + 0.5 if bn else None
+    shift = torch.randn(o, generator=g) if bn else None
+    return int8.pack_conv2d(weight, s_w, b, mult, shift, stride=stride, padding=padding,
+                            dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[conv_case_id(c) for c in CONV_CASES])
+def test_int8_conv2d_acc_cuda_equals_cpu(gemm, case):
+    n, c, h, w_ = case[:4]
+    g = gen(50)
+    packed = make_packed_conv(case, g)
     for qx, z in [(randint(0, 255, (n, c, h, w_), torch.uint8, g), 117),
+                  (randint(-128, 127, (n, c, h, w_), torch.int8, g), -5),
                   (torch.full((n, c, h, w_), 255, dtype=torch.uint8), 0),
-                  (randint(-128, 127, (n, c, h, w_), torch.int8, g), -5)]:
+                  (torch.full((n, c, h, w_), 0, dtype=torch.uint8), 255),
+                  (torch.full((n, c, h, w_), -128, dtype=torch.int8), 127)]:
         acc_cpu = int8.int8_conv2d_acc(qx, z, packed)
         acc_gpu = int8.int8_conv2d_acc(qx.to(CUDA), z, packed)
-        assert torch.equal(acc_gpu.cpu(), acc_cpu), case
+        assert_same_tensor(acc_gpu, acc_cpu)
         assert acc_gpu.is_contiguous(memory_format=torch.channels_last)
-    for act in ["none", "relu"]:
-        y_cpu = int8.int8_conv2d(x, s_x, z_x, 0, 255, packed, act)
-        y_gpu = int8.int8_conv2d(x.to(CUDA), s_x.to(CUDA), z_x.to(CUDA), 0, 255, packed, act)
-        assert torch.equal(y_gpu.cpu(), y_cpu), (case, act)
-    assert silu_close(int8.int8_conv2d(x.to(CUDA), s_x.to(CUDA), z_x.to(CUDA), 0, 255, packed,
-                                       "silu"),
-                      int8.int8_conv2d(x, s_x, z_x, 0, 255, packed, "silu"))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[conv_case_id(c) for c in CONV_CASES])
+@pytest.mark.parametrize("qrange", [(0, 255), (-128, 127)])
+def test_int8_conv2d_cuda_equals_cpu(gemm, case, qrange):
+    """The epilogue is the CPU's fma sequence (int8_gemm.cu, built with --fmad=false): "none"
+    and "relu" are bit for bit the CPU's, "silu" within a few ulp (expf)."""
+    qmin, qmax = qrange
+    n, c, h, w_ = case[:4]
+    g = gen(51)
+    for bias, bn in [(True, True), (False, False)]:
+        packed = make_packed_conv(case, g, bias, bn)
+        x = special_input((n, c, h, w_), 0.02, g)
+        s_x = torch.tensor([0.02])
+        for z_x in [torch.tensor([(qmin + qmax) // 2 + 10], dtype=torch.int32),
+                    torch.tensor([2.5])]:
+            args = (s_x, z_x, qmin, qmax, packed)
+            args_gpu = (s_x.to(CUDA), z_x.to(CUDA), qmin, qmax, packed)
+            for act in ["none", "relu"]:
+                assert_same_tensor(int8.int8_conv2d(x.to(CUDA), *args_gpu, act),
+                                   int8.int8_conv2d(x, *args, act))
+            assert silu_close(int8.int8_conv2d(x.to(CUDA), *args_gpu, "silu"),
+                              int8.int8_conv2d(x, *args, "silu"))
+
+
+def test_int8_conv2d_cuda_deep_reduction_at_range_ends(gemm):
+    """All 255 x all -127 (and the other corners) with K = 9 * 512 = 4608 and K = 512 (1x1)."""
+    for k, groups, c in [(3, 1, 512), (1, 1, 512), (3, 2, 1024)]:
+        for qv, z, wv in [(255, 0, -127), (255, 0, -128), (0, 255, 127)]:
+            o = 6
+            weight = torch.full((o, c // groups, k, k), wv, dtype=torch.int8)
+            packed = int8.pack_conv2d(weight, torch.ones(o), padding=k // 2, groups=groups)
+            qx = torch.full((1, c, 5, 5), qv, dtype=torch.uint8)
+            acc = int8.int8_conv2d_acc(qx.to(CUDA), z, packed)
+            center = int(acc[0, 0, 2, 2])
+            assert center == (qv - z) * wv * (c // groups) * k * k, (k, groups, qv, z, wv)
+            assert_same_tensor(acc, int8.int8_conv2d_acc(qx, z, packed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_int8_conv2d_cuda_input_dtypes_and_layouts(dtype, layout):
+    g = gen(52)
+    case = CONV_CASES[4]
+    n, c, h, w_ = case[:4]
+    packed = make_packed_conv(case, g)
+    full = torch.randn(n, c, h, 2 * w_, generator=g).to(dtype)
+    x = full[..., ::2] if layout == "strided" else full[..., :w_].contiguous()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    xg = full.to(CUDA)[..., ::2] if layout == "strided" else x.to(CUDA)
+    s_x, z_x = torch.tensor([0.03], dtype=torch.float64), torch.tensor([3.4])  # float z -> 3
+    assert_same_tensor(int8.int8_conv2d(xg, s_x.to(CUDA), z_x.to(CUDA), 0, 255, packed, "relu"),
+                       int8.int8_conv2d(x, s_x, z_x, 0, 255, packed, "relu"))
+
+
+def test_int8_conv2d_cuda_empty_batch():
+    packed = make_packed_conv(CONV_CASES[4], gen(53))
+    s, z = torch.tensor([0.1], device=CUDA), torch.tensor([3], device=CUDA)
+    y = int8.int8_conv2d(torch.empty(0, 20, 8, 8, device=CUDA), s, z, 0, 255, packed)
+    assert y.shape == (0, 24, 8, 8) and y.device.type == CUDA and y.dtype == torch.float32
+    acc = int8.int8_conv2d_acc(torch.empty(0, 20, 8, 8, dtype=torch.uint8, device=CUDA), 3, packed)
+    assert acc.shape == (0, 24, 8, 8) and acc.device.type == CUDA and acc.dtype == torch.int32
+
+
+def error_message(fn):
+    with pytest.raises(RuntimeError) as info:
+        fn()
+    return str(info.value).splitlines()[0]
+
+
+def test_int8_conv2d_cuda_errors_match_cpu():
+    """The same checks and messages as the CPU operators (tests/test_int8_conv.py checks those)."""
+    packed = int8.pack_conv2d(torch.ones(4, 3, 3, 3, dtype=torch.int8), torch.ones(4))
+    x, s, z = torch.randn(2, 3, 8, 8), torch.tensor([0.1]), torch.tensor([0])
+    calls = [
+        lambda x, s, z: int8.int8_conv2d(x.double(), s, z, -128, 127, packed),
+        lambda x, s, z: int8.int8_conv2d(x[0], s, z, -128, 127, packed),
+        lambda x, s, z: int8.int8_conv2d(x[:, :2], s, z, -128, 127, packed),
+        lambda x, s, z: int8.int8_conv2d(x[:, :, :2], s, z, -128, 127, packed),
+        lambda x, s, z: int8.int8_conv2d(x, s, z, -1000, 1000, packed),
+        lambda x, s, z: int8.int8_conv2d(x, s, z, 5, 5, packed),
+        lambda x, s, z: int8.int8_conv2d(x, s.repeat(3), z.repeat(3), -128, 127, packed),
+        lambda x, s, z: int8.int8_conv2d(x, s, z, -128, 127, packed, "gelu"),
+        lambda x, s, z: int8.int8_conv2d_acc(x, 0, packed),
+        lambda x, s, z: int8.int8_conv2d_acc(x.to(torch.uint8), -1, packed),
+        lambda x, s, z: int8.int8_conv2d_acc(x[:, :2].to(torch.int8), 0, packed),
+    ]
+    for call in calls:
+        cpu = error_message(lambda: call(x, s, z))
+        assert error_message(lambda: call(x.to(CUDA), s.to(CUDA), z.to(CUDA))) == cpu
+    # Mixed devices: the CUDA kernel runs whenever one tensor is on the GPU.
+    for args, name in [((x.to(CUDA), s, z.to(CUDA)), "input_scale"),
+                       ((x.to(CUDA), s.to(CUDA), z), "input_zero_point"),
+                       ((x, s.to(CUDA), z.to(CUDA)), "input_scale")]:
+        with pytest.raises(RuntimeError, match=f"int8_conv2d: {name} must be on input's device"):
+            int8.int8_conv2d(*args, -128, 127, packed)
+
+
+@pytest.mark.parametrize("call,message", [
+    ("int8.int8_conv2d(x, torch.tensor([float('nan')], device='cuda'), "
+     "torch.tensor([0], device='cuda'), 0, 255, p)",
+     "int8_conv2d: input_scale must be positive and finite, got nan"),
+    ("int8.int8_conv2d(x, torch.tensor([0.1], device='cuda'), torch.tensor([256], device='cuda'), "
+     "0, 255, p)", "int8_conv2d: input_zero_point must lie in [quant_min, quant_max] = [0, 255], "
+     "got 256"),
+])
+def test_int8_conv2d_parameter_checks_on_the_device(call, message):
+    r = run_isolated(f"""
+        import torch, torchqat
+        from torchqat import int8
+        x = torch.randn(1, 3, 8, 8, device='cuda')
+        p = int8.pack_conv2d(torch.ones(4, 3, 3, 3, dtype=torch.int8), torch.ones(4))
+        {call}
+        torch.cuda.synchronize()
+    """)
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_packed_conv2d_serves_cpu_and_cuda():
+    g = gen(54)
+    packed = make_packed_conv(CONV_CASES[3], g)
+    x = torch.randn(1, 3, 17, 19, generator=g)
+    s_x, z_x = torch.tensor([0.05]), torch.tensor([128])
+    y_cpu = int8.int8_conv2d(x, s_x, z_x, 0, 255, packed)
+    for _ in range(2):  # the second call reuses the device copy
+        y_gpu = int8.int8_conv2d(x.to(CUDA), s_x.to(CUDA), z_x.to(CUDA), 0, 255, packed)
+        assert_same_tensor(y_gpu, y_cpu)
+    assert torch.equal(int8.int8_conv2d(x, s_x, z_x, 0, 255, packed), y_cpu)  # CPU unchanged
+    assert packed.weight().device.type == "cpu"
+
+
+def test_int8_conv2d_opcheck_cuda():
+    g = gen(55)
+    packed = make_packed_conv(CONV_CASES[11], g)
+    utils = ("test_autograd_registration", "test_faketensor")  # as on the CPU (test_int8_conv.py)
+    x = torch.randn(1, 12, 9, 9, generator=g).to(CUDA)
+    torch.library.opcheck(ops.int8_conv2d, (x, torch.tensor([0.1], device=CUDA),
+                                            torch.tensor([3], device=CUDA), 0, 255, packed,
+                                            "relu"), test_utils=utils)
+    a = randint(0, 255, (1, 12, 9, 9), torch.uint8, g).to(CUDA)
+    torch.library.opcheck(ops.int8_conv2d_acc, (a, 3, packed), test_utils=utils)
+
+
+# -- modules and models moved to the GPU ------------------------------------------------------
+
+
+def calibrated_qat_model(model, shape, seed):
+    import torchqat as tq
+
+    torch.manual_seed(seed)
+    qat = tq.prepare_qat(model)
+    tq.calibrate(qat, [torch.randn(*shape) for _ in range(2)], progress=False)
+    return qat.eval()
+
+
+class ConvNet(torch.nn.Module):
+    """Every CUDA conv kernel (3x3 + BN + ReLU, depthwise, 1x1, strided dilated grouped), a
+    Conv1d over the flattened rows and a Linear head. Only layout changes between the INT8
+    layers and ReLU (fused) as the activation: the GPU's output is the CPU's bit for bit."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16),
+            nn.Conv2d(16, 24, 1), nn.ReLU(),
+            nn.Conv2d(24, 24, 3, stride=2, padding=2, dilation=2, groups=3), nn.ReLU(),
+        )
+        self.conv1d = nn.Conv1d(24, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 64, 5)
+
+    def forward(self, x):
+        y = self.features(x)                   # [N, 24, 8, 8] for 16 x 16 inputs
+        y = torch.relu(self.conv1d(y.flatten(2)))
+        return self.head(y.flatten(1))
+
+
+def test_converted_model_runs_on_cuda():
+    import torchqat as tq
+
+    qat = calibrated_qat_model(ConvNet(), (2, 3, 16, 16), seed=60)
+    model = tq.convert(qat)
+    kinds = [type(m).__name__ for m in model.modules()]
+    assert kinds.count("Int8Conv2d") == 4 and "Int8Conv1d" in kinds and "Int8Linear" in kinds
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        gpu = model.to(CUDA)
+        assert gpu.features[0].input_scale.device.type == CUDA
+        out = gpu(x.to(CUDA))
+    assert out.device.type == CUDA
+    assert torch.equal(out.cpu(), expected)
+
+
+def test_int8_conv_modules_after_to_cuda():
+    import torchqat as tq
+    from torchqat.nn import Int8Conv1d, Int8Conv2d
+
+    for model, shape, cls in [(torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2),
+                               (2, 6, 9, 9), Int8Conv2d),
+                              (torch.nn.Conv1d(5, 7, 3, padding=2, dilation=2), (2, 5, 11),
+                               Int8Conv1d)]:
+        qat = calibrated_qat_model(torch.nn.Sequential(model), shape, seed=61)
+        int8_model = tq.convert(qat)
+        layer = int8_model[0]
+        assert isinstance(layer, cls)
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = layer(x)
+            layer.to(CUDA)
+            assert_same_tensor(layer(x.to(CUDA)), expected)
+            layer.to("cpu")  # and back: the CPU kernel again
+            assert torch.equal(layer(x), expected)
+
+
+def test_saved_torchscript_conv_model_runs_on_cuda_after_load():
+    import torchqat as tq
+
+    qat = calibrated_qat_model(ConvNet(), (2, 3, 16, 16), seed=62)
+    model = tq.convert(qat)
+    scripted = torch.jit.script(model)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    buf.seek(0)
+    on_gpu = torch.jit.load(buf, map_location=CUDA)
+    with torch.no_grad():
+        assert torch.equal(on_gpu(x.to(CUDA)).cpu(), expected)
+    buf.seek(0)
+    moved = torch.jit.load(buf).to(CUDA)  # loaded on the CPU, then moved like any module
+    with torch.no_grad():
+        assert torch.equal(moved(x.to(CUDA)).cpu(), expected)

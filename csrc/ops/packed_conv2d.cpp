@@ -51,6 +51,13 @@ std::string list_string(const std::vector<int64_t>& v) {
   return ss.str();
 }
 
+// A copy of an optional tensor, for __obj_flatten__: strict torch.export (TorchDynamo) calls it
+// more than once and refuses tensors that alias between calls (UnsafeScriptObjectError), so it
+// must not hand out the stored tensors themselves.
+std::optional<at::Tensor> optional_clone(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->clone()) : std::nullopt;
+}
+
 // A per-output-channel float vector: floating dtype, [n], CPU; returned as contiguous float32.
 at::Tensor channel_vector(const at::Tensor& t, const char* name, int64_t n) {
   TORCH_CHECK(t.defined(), kOp, ": ", name, " must be a tensor");
@@ -156,6 +163,18 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
   }
 }
 
+std::shared_ptr<const void> PackedConv2d::device_cache(
+    const c10::Device& device, const std::function<std::shared_ptr<const void>()>& make) const {
+  TORCH_CHECK(!device.is_cpu() && device.has_index() && device.index() >= 0 &&
+                  device.index() < kMaxDevices,
+              kOp, ": device_cache needs an accelerator with an index below ", kMaxDevices,
+              ", got ", device);
+  const std::lock_guard<std::mutex> lock(device_mutex_);
+  std::shared_ptr<const void>& slot = device_caches_[device.index()];
+  if (!slot) slot = make();
+  return slot;
+}
+
 PackedConv2d::State PackedConv2d::state() const {
   c10::Dict<std::string, at::Tensor> d;
   d.insert("weight", weight_);
@@ -224,14 +243,16 @@ void register_packed_conv2d_class() {
           .def("kernel", &PackedConv2d::kernel)
           // (name, value) pairs for the fake object of python/torchqat/_ops.py (torch.compile /
           // torch.export); names differ from the methods', which the fake object has too.
+          // Copies of the tensors (optional_clone says why); a few KB to MB once per trace.
           .def("__obj_flatten__",
                [](const c10::intrusive_ptr<PackedConv2d>& self) {
                  return std::make_tuple(
-                     std::make_tuple(std::string("w_int8"), self->weight()),
-                     std::make_tuple(std::string("w_scale"), self->weight_scale()),
-                     std::make_tuple(std::string("b"), self->bias()),
-                     std::make_tuple(std::string("bn_multiplier"), self->out_multiplier()),
-                     std::make_tuple(std::string("bn_shift"), self->out_shift()),
+                     std::make_tuple(std::string("w_int8"), self->weight().clone()),
+                     std::make_tuple(std::string("w_scale"), self->weight_scale().clone()),
+                     std::make_tuple(std::string("b"), optional_clone(self->bias())),
+                     std::make_tuple(std::string("bn_multiplier"),
+                                     optional_clone(self->out_multiplier())),
+                     std::make_tuple(std::string("bn_shift"), optional_clone(self->out_shift())),
                      std::make_tuple(std::string("conv_stride"), self->stride()),
                      std::make_tuple(std::string("conv_padding"), self->padding()),
                      std::make_tuple(std::string("conv_dilation"), self->dilation()),

@@ -3,12 +3,20 @@
 // class (torch.classes.torchqat.PackedConv2d), like PackedLinear: scripted INT8 models hold it as
 // an attribute and save it; saving writes the unpacked parameters with a format version, and
 // loading re-packs them for the CPU it runs on.
+//
+// TorchScript custom classes do not move with Module.to(), so the object never moves: the first
+// int8_conv2d / int8_conv2d_acc call with an input on a GPU lays the weights out there for the
+// CUDA kernels (device_cache) and keeps that copy, one per device, for the object's lifetime.
 #pragma once
 
 #include <ATen/core/Dict.h>
 #include <ATen/core/Tensor.h>
 #include <torch/custom_class.h>
 
+#include <array>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -67,6 +75,14 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
   const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
 
+  // The weights on `device` (an accelerator) in the layout of its kernels: made by `make` on
+  // the first call for that device and kept; thread-safe (`make` runs under the lock, once per
+  // device). Type-erased because this file is compiled in CPU-only builds too, where the CUDA
+  // layout (cuda::Conv2dDeviceWeights, csrc/ops/cuda/int8_conv2d.h) does not exist; the one
+  // caller, int8_conv2d.cu, always stores that type.
+  std::shared_ptr<const void> device_cache(
+      const c10::Device& device, const std::function<std::shared_ptr<const void>()>& make) const;
+
   State state() const;
   static c10::intrusive_ptr<PackedConv2d> from_state(State state);
 
@@ -80,6 +96,9 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_, pairs_;
   int64_t packed_group_bytes_ = 0;
+  static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
+  mutable std::mutex device_mutex_;
+  mutable std::array<std::shared_ptr<const void>, kMaxDevices> device_caches_;
 };
 
 // Registers torch.classes.torchqat.PackedConv2d once (see register_packed_linear_class).

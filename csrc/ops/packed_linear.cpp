@@ -19,6 +19,13 @@ std::string shape_string(const at::Tensor& t) {
   return ss.str();
 }
 
+// A copy of an optional tensor, for __obj_flatten__: strict torch.export (TorchDynamo) calls it
+// more than once and refuses tensors that alias between calls (UnsafeScriptObjectError), so it
+// must not hand out the stored tensors themselves.
+std::optional<at::Tensor> optional_clone(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->clone()) : std::nullopt;
+}
+
 // A per-output-channel float vector: floating dtype, [N], CPU; returned as contiguous float32.
 at::Tensor channel_vector(const at::Tensor& t, const char* name, int64_t n) {
   TORCH_CHECK(t.defined(), kOp, ": ", name, " must be a tensor");
@@ -151,14 +158,16 @@ void register_packed_linear_class() {
           // (name, value) pairs that torch.compile / torch.export turn into the fake object of
           // python/torchqat/_ops.py, so that traced graphs can carry a PackedLinear. The names
           // must differ from the methods', which the fake object gets too.
+          // Copies of the tensors (optional_clone says why); a few KB to MB once per trace.
           .def("__obj_flatten__",
                [](const c10::intrusive_ptr<PackedLinear>& self) {
                  return std::make_tuple(
-                     std::make_tuple(std::string("w_int8"), self->weight()),
-                     std::make_tuple(std::string("w_scale"), self->weight_scale()),
-                     std::make_tuple(std::string("b"), self->bias()),
-                     std::make_tuple(std::string("bn_multiplier"), self->out_multiplier()),
-                     std::make_tuple(std::string("bn_shift"), self->out_shift()),
+                     std::make_tuple(std::string("w_int8"), self->weight().clone()),
+                     std::make_tuple(std::string("w_scale"), self->weight_scale().clone()),
+                     std::make_tuple(std::string("b"), optional_clone(self->bias())),
+                     std::make_tuple(std::string("bn_multiplier"),
+                                     optional_clone(self->out_multiplier())),
+                     std::make_tuple(std::string("bn_shift"), optional_clone(self->out_shift())),
                      std::make_tuple(std::string("kernel_name"), self->kernel()));
                })
           .def_pickle(

@@ -1,5 +1,6 @@
 """Real INT8 execution on plain integer tensors: quantize, dequantize, packed INT8 linear and
-convolution weights and the INT8 linear and 2-D convolution operators (CPU).
+convolution weights and the INT8 linear and 2-D convolution operators (CPU, and CUDA in CUDA
+builds: the packed objects stay on the CPU and the operators run where the input is).
 
 Tensors are ordinary ``torch.uint8`` / ``torch.int8`` (/ ``int16`` / ``int32``) tensors with
 explicit scales and zero points, not PyTorch's deprecated quantized dtypes. The numerics
@@ -168,7 +169,8 @@ def pack_conv2d(
     groups: int = 1,
     kernel: str = "auto",
 ) -> torch.ScriptObject:
-    """Packs the weights of an INT8 2-D convolution (zero padding) for this CPU.
+    """Packs the weights of an INT8 2-D convolution (zero padding) for this CPU (a CUDA input
+    gets a copy of the weights on its GPU on first use).
 
     Args:
         weight_int8: int8 ``[out_channels, in_channels / groups, kernel_h, kernel_w]``,

@@ -1,6 +1,7 @@
-// Argument handling shared by the CPU INT8 operators (int8_linear, int8_conv2d): the activation
-// name and the per-tensor activation quantizer's parameters, checked like fake_quantize's with
-// messages that name the calling operator.
+// Argument handling shared by the INT8 operators (int8_linear, int8_conv2d; the CUDA ones use
+// the activation name, shape_string and check_packed_linear too): the activation name, the
+// packed weights against the input, and the per-tensor activation quantizer's parameters,
+// checked like fake_quantize's with messages that name the calling operator.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "core/quantize.h"
+#include "ops/packed_linear.h"
 
 namespace torchqat {
 namespace cpu {
@@ -31,6 +33,19 @@ inline std::string shape_string(const at::Tensor& t) {
   std::ostringstream ss;
   ss << t.sizes();
   return ss.str();
+}
+
+// int8_linear / int8_matmul: packed is set and input is [*, in_features]. The CPU operators
+// (require_cpu) also need a CPU input: there the dispatcher may pass any device's tensor.
+inline void check_packed_linear(const char* op,
+                                const c10::intrusive_ptr<ops::PackedLinear>& packed,
+                                const at::Tensor& input, bool require_cpu) {
+  TORCH_CHECK(packed, op, ": packed must be a PackedLinear, got None");
+  TORCH_CHECK(!require_cpu || input.is_cpu(), op, ": input must be a CPU tensor (PackedLinear "
+              "is packed for the CPU), got one on ", input.device());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
+              ": input must have shape [*, ", packed->in_features(),
+              "] (in_features of packed), got shape ", shape_string(input));
 }
 
 // The activation quantizer's parameters as the kernels use them: scale positive, finite and

@@ -32,16 +32,6 @@ std::vector<int64_t> output_shape(const at::Tensor& input, int64_t n) {
   return shape;
 }
 
-void check_packed(const char* op, const c10::intrusive_ptr<PackedLinear>& packed,
-                  const at::Tensor& input) {
-  TORCH_CHECK(packed, op, ": packed must be a PackedLinear, got None");
-  TORCH_CHECK(input.is_cpu(), op, ": input must be a CPU tensor (PackedLinear is packed for the "
-              "CPU), got one on ", input.device());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
-              ": input must have shape [*, ", packed->in_features(),
-              "] (in_features of packed), got shape ", shape_string(input));
-}
-
 // The GEMM of A (already in the kernel's layout) against the packed weights, in parallel over
 // (row block, panel group) tasks. Consecutive tasks share their panels, so each thread reads
 // its share of the weights once.
@@ -90,7 +80,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
-  check_packed(op, packed, input);
+  check_packed_linear(op, packed, input, /*require_cpu=*/true);
   TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
               op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
               "activations), got [", quant_min, ", ", quant_max, "]");
@@ -160,7 +150,7 @@ at::Tensor int8_matmul_cpu(const at::Tensor& input, int64_t input_zero_point,
   const char* op = "int8_matmul";
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
-  check_packed(op, packed, input);
+  check_packed_linear(op, packed, input, /*require_cpu=*/true);
   const bool is_signed = dt == at::kChar;
   const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
   TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,

@@ -14,11 +14,14 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/macros/Macros.h>
 
+#include <torch/library.h>
+
 #include <algorithm>
 #include <cstdint>
-#include <sstream>
+#include <memory>
 
 #include "ops/cuda/int8_conv2d.h"
+#include "ops/packed_conv2d.h"
 
 namespace torchqat {
 namespace cuda {
@@ -29,11 +32,7 @@ constexpr int64_t kMaxBlocks = 65535;
 
 C10_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
+using cpu::shape_string;
 
 struct ConvShape {
   int64_t N, H, W, C;
@@ -259,10 +258,14 @@ ConvShape conv_shape(const at::Tensor& input, const Conv2dDeviceWeights& w, cons
   s.dw = p.dilation[1];
   TORCH_CHECK(s.sh > 0 && s.sw > 0 && s.dh > 0 && s.dw > 0 && s.ph >= 0 && s.pw >= 0, op,
               ": stride and dilation must be positive and padding non-negative");
-  s.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-  s.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-  TORCH_CHECK(s.Ho > 0 && s.Wo > 0, op, ": the input ", shape_string(input),
+  // Checked before dividing: C++ division truncates towards zero, so a negative span of less
+  // than one stride would give a size of 1.
+  const int64_t span_h = s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1;
+  const int64_t span_w = s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1;
+  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the input ", shape_string(input),
               " is smaller than the (dilated) kernel after padding");
+  s.Ho = span_h / s.sh + 1;
+  s.Wo = span_w / s.sw + 1;
   s.M = s.N * s.Ho * s.Wo;
   s.Ktot = s.kh * s.kw * s.Cgp;
   return s;
@@ -453,5 +456,113 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& input, const at::Tensor& input_sca
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The operators torchqat::int8_conv2d / int8_conv2d_acc on CUDA: the CPU operators' checks and
+// messages (csrc/ops/cpu/int8_conv2d.cpp), then PackedConv2d's weights on the input's device
+// (laid out there on first use and kept, PackedConv2d::device_cache) and the kernels above.
+
+namespace {
+
+using ops::PackedConv2d;
+
+// The checks of the CPU operators' geometry(), with their messages (less "input must be a CPU
+// tensor"): packed, input's shape, and an output that is not empty.
+void check_input(const char* op, const c10::intrusive_ptr<PackedConv2d>& packed,
+                 const at::Tensor& input) {
+  TORCH_CHECK(packed, op, ": packed must be a PackedConv2d, got None");
+  TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got shape ",
+              shape_string(input));
+  TORCH_CHECK(input.size(1) == packed->in_channels(), op, ": input must have ",
+              packed->in_channels(), " channels (in_channels of packed), got shape ",
+              shape_string(input));
+  const auto ks = packed->kernel_size();
+  const auto pd = packed->padding(), dl = packed->dilation();
+  const int64_t H = input.size(2), W = input.size(3);
+  const int64_t span_h = H + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1;
+  const int64_t span_w = W + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1;
+  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the output would be empty: input of height x "
+              "width ", H, " x ", W, " with padding [", pd[0], ", ", pd[1],
+              "] is smaller than the dilated kernel (", dl[0] * (ks[0] - 1) + 1, " x ",
+              dl[1] * (ks[1] - 1) + 1, ")");
+}
+
+// The dispatcher picks this kernel when any tensor argument is on a GPU, so input itself may
+// not be: say so before a CUDAGuard would assert on a CPU device.
+void check_device(const char* op, const char* name, const at::Tensor& t,
+                  const at::Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on input's device (",
+              input.device(), "), got ", t.device());
+}
+
+Conv2dParams conv_params(const PackedConv2d& packed) {
+  const auto st = packed.stride(), pd = packed.padding(), dl = packed.dilation();
+  Conv2dParams p;
+  p.stride = {st[0], st[1]};
+  p.padding = {pd[0], pd[1]};
+  p.dilation = {dl[0], dl[1]};
+  p.groups = packed.groups();
+  return p;
+}
+
+// packed's weights on `device`: laid out by conv2d_device_weights on the first call for that
+// device (synchronous host-to-device copies), then the same object every time.
+std::shared_ptr<const Conv2dDeviceWeights> device_weights(const PackedConv2d& packed,
+                                                          const c10::Device& device) {
+  return std::static_pointer_cast<const Conv2dDeviceWeights>(
+      packed.device_cache(device, [&]() -> std::shared_ptr<const void> {
+        return std::make_shared<const Conv2dDeviceWeights>(conv2d_device_weights(
+            packed.weight(), packed.weight_scale(), packed.bias(), packed.out_multiplier(),
+            packed.out_shift(), packed.groups(), device));
+      }));
+}
+
+at::Tensor int8_conv2d_op(const at::Tensor& input, const at::Tensor& input_scale,
+                          const at::Tensor& input_zero_point, int64_t quant_min,
+                          int64_t quant_max, const c10::intrusive_ptr<PackedConv2d>& packed,
+                          c10::string_view activation) {
+  const char* op = "int8_conv2d";
+  const Activation act = parse_activation(op, activation);
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": input must be float32, float16 or bfloat16, got ", dt);
+  check_input(op, packed, input);
+  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be less than quant_max, got [",
+              quant_min, ", ", quant_max, "]");
+  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
+              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
+              "activations), got [", quant_min, ", ", quant_max, "]");
+  check_device(op, "input_scale", input_scale, input);
+  check_device(op, "input_zero_point", input_zero_point, input);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto w = device_weights(*packed, input.device());
+  return int8_conv2d_cuda(input, input_scale, input_zero_point, quant_min, quant_max, *w,
+                          conv_params(*packed), act);
+}
+
+at::Tensor int8_conv2d_acc_op(const at::Tensor& input, int64_t input_zero_point,
+                              const c10::intrusive_ptr<PackedConv2d>& packed) {
+  const char* op = "int8_conv2d_acc";
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
+  check_input(op, packed, input);
+  const bool is_signed = dt == at::kChar;
+  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
+  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
+              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt, " input, got ",
+              input_zero_point);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto w = device_weights(*packed, input.device());
+  return int8_conv2d_acc_cuda(input, input_zero_point, *w, conv_params(*packed));
+}
+
+}  // namespace
 }  // namespace cuda
 }  // namespace torchqat
+
+TORCH_LIBRARY_IMPL(torchqat, CUDA, m) {
+  // The kernels' inferred signatures name PackedConv2d: register the class first, whichever
+  // static initialiser runs first.
+  torchqat::ops::register_packed_conv2d_class();
+  m.impl("int8_conv2d", &torchqat::cuda::int8_conv2d_op);
+  m.impl("int8_conv2d_acc", &torchqat::cuda::int8_conv2d_acc_op);
+}

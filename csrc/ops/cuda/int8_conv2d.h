@@ -1,5 +1,6 @@
 // CUDA INT8 2-D convolution as free functions on plain tensors, for PackedConv2d's CUDA
-// registration (docs: /work/notes/conv_interface.md's int8_conv2d / int8_conv2d_acc contract).
+// registration (the int8_conv2d / int8_conv2d_acc contract: their schemas in
+// csrc/registration.cpp).
 // Implemented in int8_conv2d.cu. Compute in NHWC (channels_last); outputs are channels_last
 // [N, O, Ho, Wo] tensors.
 //
@@ -19,20 +20,16 @@
 //                   K = kh*kw*C/groups), the window gathered while staging A in shared memory;
 //                   32-bit loads where groups == 1 (channels padded to 16), byte gathers else.
 //
-// Hooking them into PackedConv2d (packed_conv2d.{h,cpp} is compiled in CPU builds too, so it
-// cannot call into .cu files): give PackedConv2d a type-erased per-device cache, e.g.
-//   std::shared_ptr<const void> device_cache(const c10::Device&,
-//       const std::function<std::shared_ptr<const void>()>& make) const;  // mutex, 64 slots
-// (as PackedLinear::device_pack), and register in a .cu file
-//   TORCH_LIBRARY_IMPL(torchqat, CUDA, m) { m.impl("int8_conv2d", ...); m.impl("int8_conv2d_acc", ...); }
-// whose wrappers fetch
-//   auto w = std::static_pointer_cast<const Conv2dDeviceWeights>(packed->device_cache(
-//       input.device(), [&] { return std::make_shared<const Conv2dDeviceWeights>(
-//           conv2d_device_weights(packed->weight(), packed->weight_scale(), packed->bias(),
-//                                 packed->out_multiplier(), packed->out_shift(),
-//                                 packed->groups(), input.device())); }));
-// and call int8_conv2d_cuda / int8_conv2d_acc_cuda with Conv2dParams from packed->stride(),
-// padding(), dilation(), groups() and parse_activation("int8_conv2d", activation).
+// The operators: int8_conv2d.cu also registers torchqat::int8_conv2d and int8_conv2d_acc for
+// CUDA (TORCH_LIBRARY_IMPL(torchqat, CUDA, m)). Their wrappers run the CPU operators' checks
+// (same messages), fetch the PackedConv2d's Conv2dDeviceWeights for the input's device from
+// PackedConv2d::device_cache (built by conv2d_device_weights on first use, kept per device), and
+// call int8_conv2d_cuda / int8_conv2d_acc_cuda with the packed object's Conv2dParams. The packed
+// object itself stays on the CPU, so one saved model serves both devices.
+//
+// Status: compiled with nvcc (sm_80, sm_90) but not yet run on a GPU; tests/test_int8_cuda.py
+// compares every kernel against the CPU operators (bit-exact accumulators and "none" / "relu"
+// outputs) where a GPU is present.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -40,11 +40,7 @@ unsigned blocks_for(int64_t work) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), kMaxBlocks)));
 }
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
+using cpu::shape_string;
 
 __device__ const char* op_name(Int8Op op) {
   return op == Int8Op::kInt8Linear ? "int8_linear" : "int8_conv2d";
@@ -450,15 +446,6 @@ void launch_float_epilogue(const EpilogueParams& e, dim3 grid, dim3 block, cudaS
 // ---------------------------------------------------------------------------------------------
 // Host functions of int8_gemm.h.
 
-Activation parse_activation(const char* op, c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
-  TORCH_CHECK(false, op, ": activation must be 'none', 'relu' or 'silu', got '",
-              std::string(name), "'");
-  return Activation::kNone;
-}
-
 at::Tensor activation_qparams_cuda(Int8Op op_id, const at::Tensor& input,
                                    const at::Tensor& scale, const at::Tensor& zero_point,
                                    int64_t quant_min, int64_t quant_max) {
@@ -477,6 +464,9 @@ at::Tensor activation_qparams_cuda(Int8Op op_id, const at::Tensor& input,
   TORCH_CHECK(zero_point.device() == input.device(), op,
               ": input_zero_point must be on input's device (", input.device(), "), got ",
               zero_point.device());
+  // After the device checks: the dispatcher runs the CUDA kernels when any argument is on a GPU,
+  // and a CUDAGuard on a CPU input would fail with an internal assertion instead.
+  const c10::cuda::CUDAGuard device_guard(input.device());
   at::Tensor out = at::empty({3}, input.options().dtype(at::kFloat));
   const bool integral = at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

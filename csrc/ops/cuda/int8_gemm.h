@@ -17,13 +17,16 @@
 #include <optional>
 #include <string>
 
+#include "ops/cpu/int8_common.h"
+
 namespace torchqat {
 namespace cuda {
 
-enum class Activation : int { kNone = 0, kRelu = 1, kSilu = 2 };
-
-// "none" / "relu" / "silu"; anything else is an error naming `op`.
-Activation parse_activation(const char* op, c10::string_view name);
+// The epilogue's activation, and its parser ("none" / "relu" / "silu"; anything else is an
+// error naming `op`): the CPU operators' own (ops/cpu/int8_common.h), so the names and messages
+// are the same on both devices.
+using cpu::Activation;
+using cpu::parse_activation;
 
 // Operators named in device-side error messages.
 enum class Int8Op : int { kInt8Linear = 0, kInt8Conv2d = 1 };

@@ -19,7 +19,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <sstream>
 #include <vector>
 
 #include "ops/cuda/int8_gemm.h"
@@ -29,27 +28,14 @@ namespace torchqat {
 namespace cuda {
 namespace {
 
+using cpu::check_packed_linear;
 using ops::DevicePack;
 using ops::PackedLinear;
-
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
 
 std::vector<int64_t> output_shape(const at::Tensor& input, int64_t n) {
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = n;
   return shape;
-}
-
-void check_packed(const char* op, const c10::intrusive_ptr<PackedLinear>& packed,
-                  const at::Tensor& input) {
-  TORCH_CHECK(packed, op, ": packed must be a PackedLinear, got None");
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
-              ": input must have shape [*, ", packed->in_features(),
-              "] (in_features of packed), got shape ", shape_string(input));
 }
 
 at::Tensor int8_linear_cuda(const at::Tensor& input, const at::Tensor& input_scale,
@@ -61,15 +47,17 @@ at::Tensor int8_linear_cuda(const at::Tensor& input, const at::Tensor& input_sca
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
-  check_packed(op, packed, input);
+  check_packed_linear(op, packed, input, /*require_cpu=*/false);
   TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
               op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
               "activations), got [", quant_min, ", ", quant_max, "]");
   TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be < quant_max, got quant_min=",
               quant_min, ", quant_max=", quant_max);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  // qparams first: it checks that input_scale and input_zero_point are on input's device, which
+  // the dispatcher does not (input may even be a CPU tensor here).
   const at::Tensor qparams = activation_qparams_cuda(Int8Op::kInt8Linear, input, input_scale,
                                                      input_zero_point, quant_min, quant_max);
+  const c10::cuda::CUDAGuard device_guard(input.device());
 
   const int64_t K = packed->in_features(), N = packed->out_features();
   const int64_t M = input.numel() / K;
@@ -106,7 +94,7 @@ at::Tensor int8_matmul_cuda(const at::Tensor& input, int64_t input_zero_point,
   const char* op = "int8_matmul";
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
-  check_packed(op, packed, input);
+  check_packed_linear(op, packed, input, /*require_cpu=*/false);
   const bool is_signed = dt == at::kChar;
   const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
   TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
