@@ -94,7 +94,7 @@ cuda-check: $(VENV_CUDA)/.installed
 CUDA_LIBRARY = TORCHQAT_LIBRARY="$$(ls build/cuda/lib/torchqat/_C*.so)" PYTHONPATH=python
 model-test: cuda-check
 	$(CUDA_LIBRARY) $(CPY) -m pytest -q tests/test_torchvision_models.py tests/test_convert_torchvision.py \
-	  tests/test_export.py tests/test_quantizers.py
+	  tests/test_detector_torchvision.py tests/test_export.py tests/test_quantizers.py
 
 bench-int8: cuda-check
 	$(CUDA_LIBRARY) $(CPY) benchmarks/bench_int8_cpu.py
