@@ -59,7 +59,7 @@ cpp-test: $(VENV)/.installed /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.c
 # with find_package(torchqat); the program's output must equal Python's bit for bit.
 .PHONY: cpp-example
 cpp-example: build cpp-test
-	$(VPY) examples/cpp/check.py --cmake-build $(CMAKE_BUILD) --work build/cpp-example --jobs $(JOBS)
+	$(VPY) examples/cpp/check.py --cmake-build $(CMAKE_BUILD) --jobs $(JOBS)
 
 pytest: build
 	$(VPY) -m pytest -q

@@ -252,9 +252,17 @@ def step_torchscript(imodel: Optional[nn.Module], val_ds, out_dir: str):
     return diff, run_cpp_program(path, x, imodel, out_dir)
 
 
-# Where `make cpp-example` (part of `make test`) builds the libtorchqat example program.
-CPP_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build",
-                           "cpp-example", "build", "torchqat_infer")
+def cpp_program() -> str:
+    """Where `make cpp-example` (part of `make test`) builds the libtorchqat example program:
+    examples/cpp/check.py owns that path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "torchqat_cpp_check", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp",
+                                           "check.py"))
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    return str(check.program_path())
 
 
 def run_cpp_program(model_path: str, x: torch.Tensor, imodel: nn.Module, out_dir: str):
@@ -262,7 +270,7 @@ def run_cpp_program(model_path: str, x: torch.Tensor, imodel: nn.Module, out_dir
     compares its detections' raw outputs with Python's (they must be equal: same kernels)."""
     import subprocess
 
-    binary = os.path.abspath(CPP_PROGRAM)
+    binary = os.path.abspath(cpp_program())
     if not os.path.exists(binary):
         log("[8 C++] examples/cpp program not built (run `make cpp-example` or `make test`); "
             "skipped")

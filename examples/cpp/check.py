@@ -37,6 +37,14 @@ import torchqat as tq
 from torchqat import int8
 
 ROOT = Path(__file__).resolve().parents[2]
+# Where the model, the install prefix and the example build go unless --work says otherwise
+# (`make cpp-example` uses this default; examples/detector_qat.py runs the program built here).
+DEFAULT_WORK = ROOT / "build" / "cpp-example"
+
+
+def program_path(work: Path = DEFAULT_WORK) -> Path:
+    """The example program that build_example builds under ``work``."""
+    return work / "build" / "torchqat_infer"
 
 
 class CheckFailed(RuntimeError):
@@ -149,7 +157,7 @@ def build_example(prefix: Path, work: Path, jobs: int) -> Path:
          "-DCMAKE_BUILD_TYPE=Release",
          f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path};{prefix}"])
     run(["cmake", "--build", build, "-j", str(jobs)])
-    return build / "torchqat_infer"
+    return program_path(work)
 
 
 def check_output(binary: Path, work: Path, threads: int, kernel: str = "") -> str:
@@ -198,7 +206,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cmake-build", type=Path, default=ROOT / "build" / "cmake",
                         help="torchqat's CMake build tree (configured here if missing)")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "cpp-example",
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="where the model, the install prefix and the example build go")
     parser.add_argument("--model", choices=["auto", "digits", "linear"], default="auto",
                         help="auto: the digits CNN through tq.convert where it exists")
