@@ -91,7 +91,8 @@ def main() -> None:
     if not args.skip_layers:
         for script in ("bench_int8_linear.py", "bench_int8_conv.py"):
             print(f"\n### {script}", flush=True)
-            subprocess.run([sys.executable, os.path.join(HERE, script)], check=False)
+            subprocess.run([sys.executable, os.path.join(HERE, script), "--threads",
+                            str(args.threads)], check=False)
 
     print("\n### whole resnet18, 224x224", flush=True)
     try:
