@@ -64,9 +64,12 @@ inline double single_value(const at::Tensor& t) {
   return v;
 }
 
-inline ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
-                                            const at::Tensor& scale, const at::Tensor& zero_point,
-                                            int64_t quant_min, int64_t quant_max) {
+// What the host knows of an activation's quantization parameters without reading them: one
+// element each, parameter dtypes, on input's device. The CPU reads the values next
+// (activation_qparams); CUDA checks them on the device (int8_gemm.cu).
+inline void check_activation_qparam_tensors(const char* op, const at::Tensor& input,
+                                            const at::Tensor& scale,
+                                            const at::Tensor& zero_point) {
   TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
               ": input_scale and input_zero_point must hold one element each (per-tensor "
               "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
@@ -81,6 +84,12 @@ inline ActivationQParams activation_qparams(const char* op, const at::Tensor& in
   TORCH_CHECK(zero_point.device() == input.device(), op,
               ": input_zero_point must be on input's device (", input.device(), "), got ",
               zero_point.device());
+}
+
+inline ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
+                                            const at::Tensor& scale, const at::Tensor& zero_point,
+                                            int64_t quant_min, int64_t quant_max) {
+  check_activation_qparam_tensors(op, input, scale, zero_point);
   const double s = single_value(scale);
   TORCH_CHECK(std::isfinite(s) && s > 0.0, op, ": input_scale must be positive and finite, got ",
               s);

@@ -40,7 +40,7 @@ unsigned blocks_for(int64_t work) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), kMaxBlocks)));
 }
 
-using cpu::shape_string;
+using cpu::check_activation_qparam_tensors;
 
 __device__ const char* op_name(Int8Op op) {
   return op == Int8Op::kInt8Linear ? "int8_linear" : "int8_conv2d";
@@ -450,20 +450,7 @@ at::Tensor activation_qparams_cuda(Int8Op op_id, const at::Tensor& input,
                                    const at::Tensor& scale, const at::Tensor& zero_point,
                                    int64_t quant_min, int64_t quant_max) {
   const char* op = op_id == Int8Op::kInt8Linear ? "int8_linear" : "int8_conv2d";
-  TORCH_CHECK(scale.numel() == 1 && zero_point.numel() == 1, op,
-              ": input_scale and input_zero_point must hold one element each (per-tensor "
-              "activations), got shapes ", shape_string(scale), " and ", shape_string(zero_point));
-  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, op,
-              ": input_scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK(at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false) ||
-                  zero_point.scalar_type() == at::kFloat || zero_point.scalar_type() == at::kDouble,
-              op, ": input_zero_point must be an integer, float32 or float64 tensor, got ",
-              zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == input.device(), op, ": input_scale must be on input's device (",
-              input.device(), "), got ", scale.device());
-  TORCH_CHECK(zero_point.device() == input.device(), op,
-              ": input_zero_point must be on input's device (", input.device(), "), got ",
-              zero_point.device());
+  check_activation_qparam_tensors(op, input, scale, zero_point);
   // After the device checks: the dispatcher runs the CUDA kernels when any argument is on a GPU,
   // and a CUDAGuard on a CPU input would fail with an internal assertion instead.
   const c10::cuda::CUDAGuard device_guard(input.device());
