@@ -107,5 +107,21 @@ inline ActivationQParams activation_qparams(const char* op, const at::Tensor& in
               z, static_cast<double>(quant_min), static_cast<double>(quant_max)))};
 }
 
+// int8_matmul's input: uint8 or int8, a zero point in that type's range, and the packed weights'
+// checks (check_packed_linear). Shared by the CPU and CUDA operators.
+inline void check_int8_matmul_input(const char* op, const at::Tensor& input,
+                                    int64_t input_zero_point,
+                                    const c10::intrusive_ptr<ops::PackedLinear>& packed,
+                                    bool require_cpu) {
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
+  check_packed_linear(op, packed, input, require_cpu);
+  const bool is_signed = dt == at::kChar;
+  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
+  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
+              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt,
+              " input, got ", input_zero_point);
+}
+
 }  // namespace cpu
 }  // namespace torchqat

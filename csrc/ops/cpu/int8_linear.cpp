@@ -148,14 +148,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
 at::Tensor int8_matmul_cpu(const at::Tensor& input, int64_t input_zero_point,
                            const c10::intrusive_ptr<PackedLinear>& packed) {
   const char* op = "int8_matmul";
-  const auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
-  check_packed_linear(op, packed, input, /*require_cpu=*/true);
-  const bool is_signed = dt == at::kChar;
-  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
-  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
-              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt,
-              " input, got ", input_zero_point);
+  check_int8_matmul_input(op, input, input_zero_point, packed, /*require_cpu=*/true);
+  const bool is_signed = input.scalar_type() == at::kChar;
   const int64_t K = packed->in_features(), N = packed->out_features();
   const int64_t M = input.numel() / K;
   at::Tensor out = at::empty(output_shape(input, N), input.options().dtype(at::kInt));
