@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
 # One command for a GPU machine that already has torch, nvcc, cmake and ninja (no network):
-# builds torchqat against that machine's torch with the CUDA kernels, runs the whole pytest
-# suite (the CUDA parametrisations switch on when a GPU is visible) and the C++ tests, and runs
-# the GPU benchmarks. Everything it prints is also written to the output folder.
+# builds torchqat against that machine's torch with the CUDA kernels, runs every CUDA test (the
+# `cuda`-marked tests: the CPU tests parametrised by device, and tests/test_int8_cuda.py with
+# both GEMM paths), the GPU benchmarks, and then the rest of the pytest suite. Everything it
+# prints is also written to the output folder, one log per step (at most 7 files).
 #
 #   bash scripts/gpu_check.sh [output-folder]      (default: out/gpu_check, or $OUT if set)
+#
+# GPU_CHECK_BUDGET (seconds, default 3600) bounds the whole run: each step gets what is left,
+# so a lent machine with little time still returns every log it got to. The order puts what
+# only a GPU can check first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-out/gpu_check}}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 status=0
+deadline=$(( $(date +%s) + ${GPU_CHECK_BUDGET:-3600} ))
 
-step() {  # step NAME COMMAND...: runs one step, logs it, remembers a failure
-  local name=$1; shift
-  echo "=== $name: $*" | tee -a "$out/summary.txt"
-  if "$@" >"$out/$name.log" 2>&1; then
-    echo "=== $name: ok" | tee -a "$out/summary.txt"
+step() {  # step NAME MAX_SECONDS COMMAND...: runs one step under a timeout, logs it
+  local name=$1 max=$2; shift 2
+  local left=$(( deadline - $(date +%s) ))
+  (( left < max )) && max=$left
+  if (( max < 10 )); then
+    echo "=== $name: not run (budget spent)" | tee -a "$out/summary.txt"; status=1; return
+  fi
+  local t0=$(date +%s)
+  echo "=== $name (<= ${max}s): $*" | tee -a "$out/summary.txt"
+  timeout -k 10 "$max" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  if (( rc == 0 )); then
+    echo "=== $name: ok in $(( $(date +%s) - t0 ))s" | tee -a "$out/summary.txt"
   else
-    echo "=== $name: FAILED (exit $?), last lines:" | tee -a "$out/summary.txt"
+    echo "=== $name: FAILED (exit $rc$( (( rc == 124 || rc == 137 )) && echo ', timed out')) in $(( $(date +%s) - t0 ))s, last lines:" | tee -a "$out/summary.txt"
     tail -n 40 "$out/$name.log" | tee -a "$out/summary.txt"
     status=1
   fi
@@ -26,20 +40,25 @@ step() {  # step NAME COMMAND...: runs one step, logs it, remembers a failure
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'
+  "$py" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'
   nvcc --version | tail -n 1
+  echo "cpus $(nproc)"
 } 2>&1 | tee "$out/summary.txt"
 
 arch=$("$py" -c 'import torch; c = torch.cuda.get_device_capability(0); print(f"{c[0]}.{c[1]}")' 2>/dev/null || echo "8.0;9.0")
-export TORCH_CUDA_ARCH_LIST="$arch" TORCHQAT_WITH_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}"
-step build "$py" setup.py -q build_ext --inplace --build-temp build/gpu
+jobs="${MAX_JOBS:-$(nproc)}"
+export TORCH_CUDA_ARCH_LIST="$arch" TORCHQAT_WITH_CUDA=1 MAX_JOBS="$jobs"
+step build 600 "$py" setup.py -q build_ext --inplace --build-temp build/gpu
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+
+# pytest-xdist spreads the tests over the CPU cores when it is installed (one CUDA context each).
+xdist=()
+if "$py" -c 'import xdist' 2>/dev/null; then
+  xdist=(-n "$(( jobs < 8 ? jobs : 8 ))")
+fi
 # Not -x: one GPU run should report every failure it can (the device time is scarce).
-step pytest "$py" -m pytest -q --maxfail=30 --durations=15
-# The CUDA INT8 operators against the CPU ones, both GEMM paths, in their own log.
-step pytest_int8_cuda "$py" -m pytest -q -rs tests/test_int8_cuda.py
-for bench in benchmarks/bench_gpu.py benchmarks/bench_fake_quant.py; do
-  [ -f "$bench" ] && step "$(basename "$bench" .py)" "$py" "$bench"
-done
+step pytest_cuda 900 "$py" -m pytest -q -m cuda -rs --maxfail=60 --durations=10 "${xdist[@]}"
+step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}"
+step pytest_rest 1800 "$py" -m pytest -q -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
 echo "=== gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED)" | tee -a "$out/summary.txt"
 exit $status
