@@ -1,6 +1,7 @@
 // AVX-512 (F, BW, VL, DQ) build of the INT8 convolution's im2col and depthwise kernels, chosen at
 // run time where the element-wise INT8 kernels run AVX-512 VNNI. The target pragma comes before
-// every include; no ATen header, so no ISA macros are needed.
+// every ISA-dependent include; no ATen header, so no ISA macros are needed.
+#include "ops/cpu/isa_prelude.h"  // before the target pragma: see there
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx,avx2,fma,f16c,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq")
 #define TORCHQAT_CONV_WITH_AVX2 1
