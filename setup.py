@@ -8,6 +8,9 @@ TORCHQAT_WITH_CUDA=1; TORCHQAT_WITH_CUDA=0 builds the CPU library only. Build wi
 import os
 from pathlib import Path
 
+import importlib.util
+import sysconfig
+
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -91,6 +94,28 @@ else:
         extra_compile_args={"cxx": cxx_flags},
     )
 
+def load_linkcheck():
+    """python/torchqat/_linkcheck.py, loaded by path: the package itself needs the library."""
+    spec = importlib.util.spec_from_file_location("torchqat_linkcheck",
+                                                  ROOT / "python" / "torchqat" / "_linkcheck.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class CheckedBuildExtension(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension (ninja), then a check that the library loads a shared C++ runtime
+    (_linkcheck.py says why)."""
+
+    def build_extension(self, ext):
+        super().build_extension(ext)
+        compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "the C++ compiler"
+        message = load_linkcheck().static_cxx_runtime_message(self.get_ext_fullpath(ext.name),
+                                                               compiler)
+        if message:
+            raise RuntimeError(message)
+
+
 setup(
     name="torchqat",
     version="0.1.0",
@@ -102,6 +127,6 @@ setup(
     package_dir={"": "python"},
     packages=find_packages("python"),
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": CheckedBuildExtension},
     zip_safe=False,
 )

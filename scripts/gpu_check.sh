@@ -45,6 +45,15 @@ step() {  # step NAME MAX_SECONDS COMMAND...: runs one step under a timeout, log
   echo "cpus $(nproc)"
 } 2>&1 | tee "$out/summary.txt"
 
+# The system's gcc/g++ where there is one: one GPU image sets CC/CXX to a GCC wrapper (/opt/gcc)
+# that links libstdc++ statically into the extension, whose operators then crashed on their first
+# error message; setup.py now refuses such a build (python/torchqat/_linkcheck.py).
+# GPU_CHECK_KEEP_CC=1 keeps the environment's compiler.
+if [ -z "${GPU_CHECK_KEEP_CC:-}" ] && [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
+fi
+echo "compiler: ${CXX:-default} ($(${CXX:-g++} --version 2>/dev/null | head -n 1))" | tee -a "$out/summary.txt"
+
 arch=$("$py" -c 'import torch; c = torch.cuda.get_device_capability(0); print(f"{c[0]}.{c[1]}")' 2>/dev/null || echo "8.0;9.0")
 jobs="${MAX_JOBS:-$(nproc)}"
 export TORCH_CUDA_ARCH_LIST="$arch" TORCHQAT_WITH_CUDA=1 MAX_JOBS="$jobs"

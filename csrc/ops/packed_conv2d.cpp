@@ -208,11 +208,13 @@ c10::intrusive_ptr<PackedConv2d> PackedConv2d::from_state(State state) {
   const std::vector<int64_t>& p = std::get<2>(state);
   TORCH_CHECK(p.size() == 7, kOp, ": saved packed weights of format version ", version,
               " must hold 7 convolution parameters, got ", p.size());
+  // The packed object keeps its tensors on the CPU and lays them out per device on first use;
+  // a file loaded with map_location="cuda" hands them over on the GPU, so they come back here.
   const auto get = [&](const char* key) -> std::optional<at::Tensor> {
-    return d.contains(key) ? std::optional<at::Tensor>(d.at(key)) : std::nullopt;
+    return d.contains(key) ? std::optional<at::Tensor>(d.at(key).cpu()) : std::nullopt;
   };
   return c10::make_intrusive<PackedConv2d>(
-      d.at("weight"), d.at("weight_scale"), get("bias"), get("out_multiplier"), get("out_shift"),
+      *get("weight"), *get("weight_scale"), get("bias"), get("out_multiplier"), get("out_shift"),
       std::vector<int64_t>{p[0], p[1]}, std::vector<int64_t>{p[2], p[3]},
       std::vector<int64_t>{p[4], p[5]}, p[6], "auto");
 }

@@ -135,10 +135,12 @@ c10::intrusive_ptr<PackedLinear> PackedLinear::from_state(State state) {
   TORCH_CHECK(d.contains("weight") && d.contains("weight_scale"), kOp,
               ": saved packed weights of format version ", version,
               " lack 'weight' or 'weight_scale'");
+  // The packed object keeps its tensors on the CPU and lays them out per device on first use;
+  // a file loaded with map_location="cuda" hands them over on the GPU, so they come back here.
   const auto get = [&](const char* key) -> std::optional<at::Tensor> {
-    return d.contains(key) ? std::optional<at::Tensor>(d.at(key)) : std::nullopt;
+    return d.contains(key) ? std::optional<at::Tensor>(d.at(key).cpu()) : std::nullopt;
   };
-  return c10::make_intrusive<PackedLinear>(d.at("weight"), d.at("weight_scale"), get("bias"),
+  return c10::make_intrusive<PackedLinear>(*get("weight"), *get("weight_scale"), get("bias"),
                                            get("out_multiplier"), get("out_shift"), "auto");
 }
 
