@@ -11,7 +11,7 @@ same run:
   3. whole resnet50, batch 32, channels_last: torchqat's INT8 model (tq.convert) against FP16
      eager (target: INT8 >= 1.3 x FP16).
 
-    python benchmarks/bench_gpu.py [--min-time 1.0] [--skip-resnet]
+    python benchmarks/bench_gpu.py [--min-time 1.0] [--skip-resnet] [--profile]
 
 Timing: CUDA events around each call, candidates interleaved (A B A B ...), median of the
 samples after a warm-up. Without a GPU it prints why and exits 0.
@@ -147,7 +147,7 @@ def bench_gemm(min_time_s: float) -> None:
 # 3. resnet50
 
 
-def bench_resnet50(min_time_s: float) -> None:
+def bench_resnet50(min_time_s: float, profile: bool = False) -> None:
     print("\n== resnet50, batch 32, channels_last, 224 x 224 ==")
     try:
         import torchvision
@@ -184,6 +184,32 @@ def bench_resnet50(min_time_s: float) -> None:
         print(f"{name:20s} {t * 1e3:8.2f} ms  {32 / t:8.0f} images/s  "
               f"{times['fp16 eager'] / t:5.2f} x FP16")
     print("target (H100): INT8 >= 1.3 x FP16 eager")
+    if profile:
+        print_kernel_profile(lambda: imodel(x), "INT8 resnet50")
+
+
+def print_kernel_profile(fn: Callable[[], object], what: str, steps: int = 5,
+                         rows: int = 15) -> None:
+    """The GPU kernels `fn` spends its time in (torch.profiler, `steps` calls after a warm-up):
+    where the next speed-up is."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch.inference_mode():
+        fn()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                fn()
+            torch.cuda.synchronize()
+    print(f"\n-- {what}: GPU kernels over {steps} calls --")
+    averages = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):
+        try:
+            print(averages.table(sort_by=key, row_limit=rows))
+            return
+        except (AttributeError, KeyError, ValueError):
+            continue
+    print(averages.table(row_limit=rows))
 
 
 def main() -> int:
@@ -191,6 +217,8 @@ def main() -> int:
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="seconds of samples per group of candidates")
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the GPU kernels the INT8 resnet50 spends its time in")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device (torch.cuda.is_available() is False); nothing measured.")
@@ -199,7 +227,7 @@ def main() -> int:
     bench_fake_quant(args.min_time)
     bench_gemm(args.min_time)
     if not args.skip_resnet:
-        bench_resnet50(args.min_time)
+        bench_resnet50(args.min_time, args.profile)
     return 0
 
 

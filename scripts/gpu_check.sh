@@ -67,7 +67,7 @@ if "$py" -c 'import xdist' 2>/dev/null; then
 fi
 # Not -x: one GPU run should report every failure it can (the device time is scarce).
 step pytest_cuda 900 "$py" -m pytest -q -m cuda -rs --maxfail=60 --durations=10 "${xdist[@]}"
-step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}"
+step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}" --profile
 step pytest_rest 1800 "$py" -m pytest -q -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
 echo "=== gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED)" | tee -a "$out/summary.txt"
 exit $status

@@ -556,6 +556,11 @@ def test_int8_linear_errors():
     with pytest.raises(RuntimeError, match=r"int8_linear: \[quant_min, quant_max\] must lie "
                                            r"within \[0, 255\] or \[-128, 127\]"):
         int8.int8_linear(x, s, z, -1000, 1000, packed)
+    # An empty range would clamp every activation to one value: refused on every device.
+    for qmin, qmax in [(5, 5), (10, -10)]:
+        with pytest.raises(RuntimeError, match=rf"int8_linear: quant_min must be less than "
+                                               rf"quant_max, got \[{qmin}, {qmax}\]"):
+            int8.int8_linear(x, s, z, qmin, qmax, packed)
     with pytest.raises(RuntimeError, match="int8_linear: input_scale and input_zero_point must "
                                            "hold one element each"):
         int8.int8_linear(x, torch.ones(5), torch.zeros(5, dtype=torch.int32), -128, 127, packed)

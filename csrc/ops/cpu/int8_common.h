@@ -86,6 +86,16 @@ inline void check_activation_qparam_tensors(const char* op, const at::Tensor& in
               zero_point.device());
 }
 
+// The activation range every INT8 operator takes, with one message on every device:
+// quant_min < quant_max, within [0, 255] (uint8) or [-128, 127] (int8).
+inline void check_activation_range(const char* op, int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be less than quant_max, got [",
+              quant_min, ", ", quant_max, "]");
+  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
+              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
+              "activations), got [", quant_min, ", ", quant_max, "]");
+}
+
 inline ActivationQParams activation_qparams(const char* op, const at::Tensor& input,
                                             const at::Tensor& scale, const at::Tensor& zero_point,
                                             int64_t quant_min, int64_t quant_max) {

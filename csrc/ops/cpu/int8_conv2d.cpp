@@ -213,11 +213,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
   const Conv2dGeometry g = geometry(op, packed, input);
-  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be less than quant_max, got [",
-              quant_min, ", ", quant_max, "]");
-  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
-              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
-              "activations), got [", quant_min, ", ", quant_max, "]");
+  check_activation_range(op, quant_min, quant_max);
   const ActivationQParams q = activation_qparams(op, input, input_scale, input_zero_point,
                                                  quant_min, quant_max);
   const int64_t O = packed->out_channels();

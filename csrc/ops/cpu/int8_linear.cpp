@@ -81,9 +81,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
   check_packed_linear(op, packed, input, /*require_cpu=*/true);
-  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
-              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
-              "activations), got [", quant_min, ", ", quant_max, "]");
+  check_activation_range(op, quant_min, quant_max);
   const ActivationQParams q = activation_qparams(op, input, input_scale, input_zero_point,
                                                  quant_min, quant_max);
 

@@ -416,10 +416,7 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& input, const at::Tensor& input_sca
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127)) &&
-                  quant_min < quant_max,
-              op, ": [quant_min, quant_max] must be an 8-bit range within [0, 255] or "
-              "[-128, 127], got [", quant_min, ", ", quant_max, "]");
+  check_activation_range(op, quant_min, quant_max);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor qparams = activation_qparams_cuda(Int8Op::kInt8Conv2d, input, input_scale,
                                                      input_zero_point, quant_min, quant_max);
@@ -526,11 +523,7 @@ at::Tensor int8_conv2d_op(const at::Tensor& input, const at::Tensor& input_scale
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
   check_input(op, packed, input);
-  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be less than quant_max, got [",
-              quant_min, ", ", quant_max, "]");
-  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
-              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
-              "activations), got [", quant_min, ", ", quant_max, "]");
+  check_activation_range(op, quant_min, quant_max);
   check_device(op, "input_scale", input_scale, input);
   check_device(op, "input_zero_point", input_zero_point, input);
   const c10::cuda::CUDAGuard device_guard(input.device());

@@ -22,11 +22,12 @@
 namespace torchqat {
 namespace cuda {
 
-// The epilogue's activation, and its parser ("none" / "relu" / "silu"; anything else is an
-// error naming `op`): the CPU operators' own (ops/cpu/int8_common.h), so the names and messages
-// are the same on both devices.
+// The epilogue's activation, its parser ("none" / "relu" / "silu"; anything else is an error
+// naming `op`) and the activation-range check: the CPU operators' own (ops/cpu/int8_common.h), so
+// the names and messages are the same on both devices.
 using cpu::Activation;
 using cpu::parse_activation;
+using cpu::check_activation_range;
 
 // Operators named in device-side error messages.
 enum class Int8Op : int { kInt8Linear = 0, kInt8Conv2d = 1 };

@@ -49,11 +49,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& input, const at::Tensor& input_sca
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": input must be float32, float16 or bfloat16, got ", dt);
   check_packed_linear(op, packed, input, /*require_cpu=*/false);
-  TORCH_CHECK((quant_min >= 0 && quant_max <= 255) || (quant_min >= -128 && quant_max <= 127),
-              op, ": [quant_min, quant_max] must lie within [0, 255] or [-128, 127] (8-bit "
-              "activations), got [", quant_min, ", ", quant_max, "]");
-  TORCH_CHECK(quant_min < quant_max, op, ": quant_min must be < quant_max, got quant_min=",
-              quant_min, ", quant_max=", quant_max);
+  check_activation_range(op, quant_min, quant_max);
   // qparams first: it checks that input_scale and input_zero_point are on input's device, which
   // the dispatcher does not (input may even be a CPU tensor here).
   const at::Tensor qparams = activation_qparams_cuda(Int8Op::kInt8Linear, input, input_scale,

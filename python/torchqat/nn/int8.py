@@ -57,11 +57,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return "dtype code " + str(dtype)
 
 
-def _check_float_input(input: torch.Tensor, where: str) -> None:
-    if not (input.dtype == torch.float32 or input.dtype == torch.float16
-            or input.dtype == torch.bfloat16):
-        raise ValueError(where + ": input must be float32, float16 or bfloat16, got "
-                         + _dtype_name(input.dtype))
+def _is_float_input(input: torch.Tensor) -> bool:
+    return (input.dtype == torch.float32 or input.dtype == torch.float16
+            or input.dtype == torch.bfloat16)
+
+
+def _float_input_message(input: torch.Tensor) -> str:
+    return ": input must be float32, float16 or bfloat16, got " + _dtype_name(input.dtype)
 
 
 # -- what can be converted ----------------------------------------------------------------------
@@ -331,7 +333,9 @@ class Int8Linear(_Int8Base):
         return cls(packed, s_x, z_x, qmin, qmax, _activation_name(activation), name, source)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_float_input(input, self._where())
+        # The module's name is only put together for an error message: forward is hot.
+        if not _is_float_input(input):
+            raise ValueError(self._where() + _float_input_message(input))
         if input.dim() < 1 or input.size(-1) != self.in_features:
             raise ValueError(self._where() + ": input must have shape [*, "
                              + str(self.in_features) + "] (in_features last), got shape "
@@ -419,7 +423,9 @@ class Int8Conv2d(_Int8Base):
         return cls(packed, s_x, z_x, qmin, qmax, _activation_name(activation), name, source)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_float_input(input, self._where())
+        # The module's name is only put together for an error message: forward is hot.
+        if not _is_float_input(input):
+            raise ValueError(self._where() + _float_input_message(input))
         if input.dim() != 4 or input.size(1) != self.in_channels:
             raise ValueError(self._where() + ": input must have shape [N, "
                              + str(self.in_channels) + ", H, W], got shape " + str(list(input.shape)))
@@ -492,7 +498,9 @@ class Int8Conv1d(_Int8Base):
         return cls(packed, s_x, z_x, qmin, qmax, _activation_name(activation), name, source)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        _check_float_input(input, self._where())
+        # The module's name is only put together for an error message: forward is hot.
+        if not _is_float_input(input):
+            raise ValueError(self._where() + _float_input_message(input))
         if input.dim() != 3 or input.size(1) != self.in_channels:
             raise ValueError(self._where() + ": input must have shape [N, "
                              + str(self.in_channels) + ", L], got shape " + str(list(input.shape)))
