@@ -2,8 +2,9 @@
 # One command for a GPU machine that already has torch, nvcc, cmake and ninja (no network):
 # builds torchqat against that machine's torch with the CUDA kernels, runs every CUDA test (the
 # `cuda`-marked tests: the CPU tests parametrised by device, and tests/test_int8_cuda.py with
-# both GEMM paths), the GPU benchmarks, and then the rest of the pytest suite. Everything it
-# prints is also written to the output folder, one log per step (at most 7 files).
+# both GEMM paths), the GPU benchmarks, the C++ example program on the GPU (CMake build of
+# libtorchqat with CUDA), and then the rest of the pytest suite. Everything it prints is also
+# written to the output folder, one log per step (at most 7 files).
 #
 #   bash scripts/gpu_check.sh [output-folder]      (default: out/gpu_check, or $OUT if set)
 #
@@ -68,6 +69,13 @@ fi
 # Not -x: one GPU run should report every failure it can (the device time is scarce).
 step pytest_cuda 900 "$py" -m pytest -q -m cuda -rs --maxfail=60 --durations=10 "${xdist[@]}"
 step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}" --profile
+# The C++ deployment path on the GPU: libtorchqat built by CMake with the CUDA kernels, the
+# example program runs the INT8 TorchScript model on the GPU, output equal to Python's there.
+export CUDAHOSTCXX="${CUDAHOSTCXX:-${CXX:-}}"
+[ -n "$CUDAHOSTCXX" ] || unset CUDAHOSTCXX
+step cpp_example_cuda 600 "$py" examples/cpp/check.py --device cuda --cmake-build build/gpu-cmake \
+  --work build/gpu-cpp-example --jobs "$jobs" --threads 4 \
+  --cmake-arg="-DCMAKE_CUDA_ARCHITECTURES=${arch//./}"
 step pytest_rest 1800 "$py" -m pytest -q -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
 echo "=== gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED)" | tee -a "$out/summary.txt"
 exit $status

@@ -16,7 +16,13 @@
 5. Checks that the program's errors (a missing model, a file that is no model, an input that is
    no saved tensor, an input of the wrong shape) are one clear message and exit status 1.
 
+With ``--device cuda`` (a GPU machine; scripts/gpu_check.sh runs it) the CMake tree is configured
+with the CUDA kernels, the program loads the model onto the GPU, and its output must equal the
+saved model's output on the same GPU in Python, bit for bit, with each CUDA GEMM
+(``TORCHQAT_CUDA_INT8_GEMM``).
+
     python examples/cpp/check.py [--cmake-build build/cmake] [--work build/cpp-example]
+                                 [--device cpu|cuda] [--cmake-arg -DNAME=VALUE ...]
 
 Exit status 0 when everything holds, 1 otherwise (the failing step is printed).
 """
@@ -97,9 +103,9 @@ def digits_int8_model():
     return tq.convert(qmodel), x_test[:32]
 
 
-def make_model(work: Path, kind: str) -> str:
-    """Saves model.pt, input.pt and expected.pt (the saved model's output in Python); returns a
-    description of the model."""
+def make_model(work: Path, kind: str, device: str = "cpu") -> str:
+    """Saves model.pt, input.pt and expected.pt (the saved model's output in Python, run on
+    `device`, as a CPU tensor); returns a description of the model."""
     if kind == "auto":
         kind = "digits" if hasattr(tq, "convert") else "linear"
     if kind == "digits":
@@ -122,6 +128,12 @@ def make_model(work: Path, kind: str) -> str:
     if not torch.equal(expected, eager):
         raise CheckFailed(f"the saved model's output differs from the eager model's "
                           f"(max |diff| {(expected - eager).abs().max().item():.3g})")
+    if device != "cpu":
+        # CPU and GPU agree up to the epilogue's float rounding, not bit for bit: the program
+        # is held to Python on the same device.
+        on_device = torch.jit.load(str(work / "model.pt"), map_location=device)
+        with torch.no_grad():
+            expected = on_device(x.to(device)).cpu()
     torch.save(expected, work / "expected.pt")
     return f"{what}; input {tuple(x.shape)}, output {tuple(expected.shape)}"
 
@@ -135,13 +147,20 @@ def run(cmd, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def install_package(cmake_build: Path, work: Path, jobs: int) -> Path:
+def install_package(cmake_build: Path, work: Path, jobs: int, cuda: bool = False,
+                    cmake_args=()) -> Path:
     """cmake --install into a staging prefix, then move it: the example must build against the
     moved copy, so nothing in the package may point back to where it was installed."""
-    if not (cmake_build / "CMakeCache.txt").exists():
-        # Configured as `make cpp-test` configures it, so that the two share the tree.
+    cache = cmake_build / "CMakeCache.txt"
+    if not cache.exists():
+        # Configured as `make cpp-test` configures it, so that the two share the tree; with the
+        # CUDA kernels (and without the gtest programs) for a GPU.
+        extra = ["-DTORCHQAT_WITH_CUDA=ON", "-DTORCHQAT_BUILD_TESTS=OFF"] if cuda else []
         run(["cmake", "-S", ROOT, "-B", cmake_build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"])
+             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", *extra, *cmake_args])
+    elif cuda and "TORCHQAT_WITH_CUDA:BOOL=ON" not in cache.read_text():
+        raise CheckFailed(f"{cmake_build} was configured without the CUDA kernels; give "
+                          "--cmake-build a new directory for --device cuda")
     run(["cmake", "--build", cmake_build, "--target", "torchqat", "-j", str(jobs)])
     staging, prefix = work / "install-staging", work / "prefix"
     for d in (staging, prefix):
@@ -160,16 +179,29 @@ def build_example(prefix: Path, work: Path, jobs: int) -> Path:
     return program_path(work)
 
 
-def check_output(binary: Path, work: Path, threads: int, kernel: str = "") -> str:
-    """Runs the program (with TORCHQAT_INT8_KERNEL=kernel when given) and compares its output
-    with the Python output saved by make_model."""
+# The environment variable that picks the INT8 kernel (CPU: at model load) or GEMM (CUDA: per
+# call); every choice gives the same bits.
+KERNEL_VARIABLE = {"cpu": "TORCHQAT_INT8_KERNEL", "cuda": "TORCHQAT_CUDA_INT8_GEMM"}
+
+
+def kernel_choices(device: str) -> list:
+    if device == "cpu":
+        return int8.available_kernels()
+    return ["cublaslt", "dp4a"]
+
+
+def check_output(binary: Path, work: Path, threads: int, kernel: str = "",
+                 device: str = "cpu") -> str:
+    """Runs the program (with the kernel variable of `device` set to `kernel` when given) and
+    compares its output with the Python output saved by make_model."""
     out_path = work / "output.pt"
     out_path.unlink(missing_ok=True)
     env = dict(os.environ)
+    variable = KERNEL_VARIABLE[device]
     if kernel:
-        env["TORCHQAT_INT8_KERNEL"] = kernel
-    result = run([binary, work / "model.pt", work / "input.pt", out_path, "--threads", threads],
-                 env=env)
+        env[variable] = kernel
+    result = run([binary, work / "model.pt", work / "input.pt", out_path, "--threads", threads,
+                  "--device", device], env=env)
     print(result.stdout, end="")
     expected = torch.load(work / "expected.pt", weights_only=True)
     got = torch.load(out_path, weights_only=True)
@@ -180,7 +212,7 @@ def check_output(binary: Path, work: Path, threads: int, kernel: str = "") -> st
                           f"Python output {expected.dtype} {tuple(expected.shape)}")
     if not torch.equal(got, expected):
         diff = (got.double() - expected.double()).abs()
-        raise CheckFailed(f"C++ output{f' with TORCHQAT_INT8_KERNEL={kernel}' if kernel else ''} "
+        raise CheckFailed(f"C++ output{f' with {variable}={kernel}' if kernel else ''} "
                           f"differs from Python's in {(diff > 0).sum().item()} of "
                           f"{diff.numel()} elements (max |diff| {diff.max().item():.3g})")
     return f"{tuple(got.shape)} {got.dtype}"
@@ -194,12 +226,19 @@ def check_errors(binary: Path, work: Path) -> None:
         ([work / "model.pt", work / "model.pt"], "cannot read input"),
         ([work / "model.pt", work / "bad_input.pt"], "forward failed"),
     ]
-    for args, message in cases:
+    if not torch.cuda.is_available():
+        cases.append(([work / "model.pt", work / "input.pt", "--device", "cuda"],
+                      "sees no CUDA device"))
+    cases = [(args, message, 1) for args, message in cases]
+    cases.append(([work / "model.pt", work / "input.pt", "--device", "tpu"],
+                  "--device must be cpu, cuda or cuda:N, got 'tpu'", 2))  # a usage error
+    for args, message, status in cases:
         result = subprocess.run([str(binary)] + [str(a) for a in args], text=True,
                                 capture_output=True)
-        if result.returncode != 1 or message not in result.stderr:
+        if result.returncode != status or message not in result.stderr:
             raise CheckFailed(f"torchqat_infer {' '.join(map(str, args))}: expected exit status "
-                              f"1 and '{message}', got {result.returncode}: {result.stderr!r}")
+                              f"{status} and '{message}', got {result.returncode}: "
+                              f"{result.stderr!r}")
 
 
 def main(argv=None) -> int:
@@ -213,27 +252,37 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2,
                         help="intra-op threads, the same in Python and in C++")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the program runs the model (cuda: a CUDA build of "
+                             "libtorchqat, configured here when --cmake-build is new)")
+    parser.add_argument("--cmake-arg", action="append", default=[],
+                        help="an extra argument for configuring a new CMake tree, e.g. "
+                             "-DCMAKE_CUDA_ARCHITECTURES=90 (repeatable)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("cpp-example: FAILED: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 1
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     try:
-        described = make_model(args.work, args.model)
-        prefix = install_package(args.cmake_build.resolve(), args.work.resolve(), args.jobs)
+        described = make_model(args.work, args.model, args.device)
+        prefix = install_package(args.cmake_build.resolve(), args.work.resolve(), args.jobs,
+                                 cuda=args.device == "cuda", cmake_args=args.cmake_arg)
         binary = build_example(prefix, args.work.resolve(), args.jobs)
-        shape = check_output(binary, args.work, args.threads)
+        shape = check_output(binary, args.work, args.threads, device=args.device)
         # Every INT8 kernel gives the same bits (docs/numerics.md): the environment variable
-        # that picks one when the model loads changes nothing in the output.
-        kernels = int8.available_kernels()
+        # that picks one changes nothing in the output.
+        kernels = kernel_choices(args.device)
         for kernel in kernels:
-            check_output(binary, args.work, args.threads, kernel)
+            check_output(binary, args.work, args.threads, kernel, args.device)
         check_errors(binary, args.work)
     except CheckFailed as err:
         print(f"cpp-example: FAILED: {err}", file=sys.stderr)
         return 1
-    print(f"cpp-example: OK: the C++ program's output {shape} equals Python's bit for bit, "
-          f"also with TORCHQAT_INT8_KERNEL={'|'.join(kernels)} ({described}; libtorchqat "
-          "installed to a prefix that was then moved)")
+    print(f"cpp-example: OK: the C++ program's output {shape} on {args.device} equals Python's "
+          f"bit for bit, also with {KERNEL_VARIABLE[args.device]}={'|'.join(kernels)} "
+          f"({described}; libtorchqat installed to a prefix that was then moved)")
     return 0
 
 

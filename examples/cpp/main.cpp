@@ -1,6 +1,6 @@
 // torchqat_infer: runs a saved torchqat INT8 TorchScript model in a plain libtorch program.
 //
-//   torchqat_infer MODEL.pt INPUT.pt [OUTPUT.pt] [--threads N] [--repeat N]
+//   torchqat_infer MODEL.pt INPUT.pt [OUTPUT.pt] [--threads N] [--repeat N] [--device D]
 //
 // MODEL.pt   torch.jit.save(torch.jit.script(tq.convert(qat_model)), "MODEL.pt")
 //            (or tq.export_torchscript); its torchqat operators and packed weights need this
@@ -8,10 +8,14 @@
 // INPUT.pt   torch.save(x, "INPUT.pt") of a tensor, or of a tuple of tensors for a forward
 //            with several arguments.
 // OUTPUT.pt  where forward's result goes, readable with torch.load(..., weights_only=True).
+//            Always CPU tensors, whichever device ran the model.
+// --device   cpu (default) or cuda[:N]: the model is loaded onto that device (its packed
+//            weights lay themselves out there on first use) and the inputs are moved there.
 //
 // Prints each output's shape, dtype and checksums (its sum and a 64-bit hash of its bytes), and
 // with --repeat the median latency. Exit status: 0 on success, 1 on an error (message on
 // stderr), 2 on bad usage.
+#include <torch/cuda.h>    // torch::cuda::is_available / synchronize (--device cuda)
 #include <torch/script.h>  // torch::jit::load, pickle_load / pickle_save
 
 #include <ATen/Parallel.h>
@@ -34,12 +38,14 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: torchqat_infer MODEL.pt INPUT.pt [OUTPUT.pt] [--threads N] [--repeat N]\n"
+    "usage: torchqat_infer MODEL.pt INPUT.pt [OUTPUT.pt] [--threads N] [--repeat N] "
+    "[--device D]\n"
     "  MODEL.pt   a TorchScript model saved with torch.jit.save (e.g. a converted torchqat model)\n"
     "  INPUT.pt   torch.save of a tensor, or of a tuple of tensors (one per forward argument)\n"
     "  OUTPUT.pt  where to write forward's result with torch::jit::pickle_save (torch.load reads it)\n"
     "  --threads  intra-op threads (at::set_num_threads); default: libtorch's choice\n"
-    "  --repeat   run forward N more times and print the median latency\n";
+    "  --repeat   run forward N more times and print the median latency\n"
+    "  --device   cpu (default) or cuda[:N]: where the model and its inputs go\n";
 
 struct Args {
   std::string model;
@@ -47,6 +53,7 @@ struct Args {
   std::optional<std::string> output;
   std::optional<int> threads;
   int repeat = 0;
+  c10::Device device = c10::Device(c10::kCPU);
 };
 
 class UsageError : public std::runtime_error {
@@ -63,6 +70,19 @@ int parse_positive(const std::string& flag, const char* value) {
   return static_cast<int>(n);
 }
 
+c10::Device parse_device(const char* value) {
+  if (value == nullptr) throw UsageError("--device needs a value");
+  std::optional<c10::Device> device;
+  try {
+    device = c10::Device(value);
+  } catch (const c10::Error&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda())) {
+    throw UsageError(std::string("--device must be cpu, cuda or cuda:N, got '") + value + "'");
+  }
+  return *device;
+}
+
 Args parse_args(int argc, char** argv) {
   Args args;
   std::vector<std::string> positional;
@@ -75,6 +95,8 @@ Args parse_args(int argc, char** argv) {
       args.threads = parse_positive(arg, i + 1 < argc ? argv[++i] : nullptr);
     } else if (arg == "--repeat") {
       args.repeat = parse_positive(arg, i + 1 < argc ? argv[++i] : nullptr);
+    } else if (arg == "--device") {
+      args.device = parse_device(i + 1 < argc ? argv[++i] : nullptr);
     } else if (arg.rfind("--", 0) == 0) {
       throw UsageError("unknown option '" + arg + "'");
     } else {
@@ -109,13 +131,13 @@ void require_torchqat_operators() {
   }
 }
 
-torch::jit::Module load_model(const std::string& path) {
+torch::jit::Module load_model(const std::string& path, const c10::Device& device) {
   // torch::jit::load's own message for a missing file is about a zip reader; say it plainly.
   if (!std::ifstream(path, std::ios::binary)) {
     throw std::runtime_error("cannot open model '" + path + "'");
   }
   try {
-    torch::jit::Module module = torch::jit::load(path, torch::kCPU);
+    torch::jit::Module module = torch::jit::load(path, device);
     module.eval();
     return module;
   } catch (const c10::Error& e) {
@@ -133,7 +155,7 @@ torch::jit::Module load_model(const std::string& path) {
   }
 }
 
-std::vector<torch::jit::IValue> load_inputs(const std::string& path) {
+std::vector<torch::jit::IValue> load_inputs(const std::string& path, const c10::Device& device) {
   const std::vector<char> bytes = read_file(path, "input");
   torch::jit::IValue value;
   try {
@@ -143,7 +165,7 @@ std::vector<torch::jit::IValue> load_inputs(const std::string& path) {
                              "' (expected torch.save of a tensor or a tuple of tensors): " +
                              e.what_without_backtrace());
   }
-  if (value.isTensor()) return {value};
+  if (value.isTensor()) return {value.toTensor().to(device)};
   if (value.isTuple()) {
     std::vector<torch::jit::IValue> inputs;
     for (const auto& element : value.toTupleRef().elements()) {
@@ -151,7 +173,7 @@ std::vector<torch::jit::IValue> load_inputs(const std::string& path) {
         throw std::runtime_error("input '" + path + "': a tuple element is a " +
                                  element.tagKind() + ", expected tensors only");
       }
-      inputs.push_back(element);
+      inputs.push_back(element.toTensor().to(device));
     }
     return inputs;
   }
@@ -171,6 +193,22 @@ uint64_t fnv1a(const at::Tensor& t) {
     h *= 1099511628211ull;
   }
   return h;
+}
+
+// The output with every tensor copied to the CPU (checksums and pickle_save read host memory).
+torch::jit::IValue to_cpu(const torch::jit::IValue& v) {
+  if (v.isTensor()) return v.toTensor().cpu();
+  if (v.isTuple()) {
+    std::vector<torch::jit::IValue> elements;
+    for (const auto& e : v.toTupleRef().elements()) elements.push_back(to_cpu(e));
+    return c10::ivalue::Tuple::create(std::move(elements));
+  }
+  if (v.isTensorList()) {
+    c10::List<at::Tensor> list;
+    for (const at::Tensor& t : v.toTensorVector()) list.push_back(t.cpu());
+    return list;
+  }
+  return v;  // no tensor, or a container kind this program does not move: left as it is
 }
 
 void collect_tensors(const torch::jit::IValue& v, std::vector<at::Tensor>& out) {
@@ -202,15 +240,20 @@ void describe(const torch::jit::IValue& output) {
 int run(const Args& args) {
   require_torchqat_operators();
   if (args.threads) at::set_num_threads(*args.threads);
+  const bool cuda = args.device.is_cuda();
+  if (cuda && !torch::cuda::is_available()) {
+    throw std::runtime_error("--device " + args.device.str() +
+                             ": this libtorch sees no CUDA device (a CPU-only build, or no GPU)");
+  }
 
-  torch::jit::Module model = load_model(args.model);
-  const std::vector<torch::jit::IValue> inputs = load_inputs(args.input);
+  torch::jit::Module model = load_model(args.model, args.device);
+  const std::vector<torch::jit::IValue> inputs = load_inputs(args.input, args.device);
 
   // Inference only: no autograd graph, and tensors may skip version counting.
   c10::InferenceMode guard;
   torch::jit::IValue output;
   try {
-    output = model.forward(inputs);
+    output = to_cpu(model.forward(inputs));
   } catch (const c10::Error& e) {
     throw std::runtime_error(std::string("forward failed: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
@@ -218,7 +261,7 @@ int run(const Args& args) {
   }
   std::cout << "model: " << args.model << " (" << inputs.size() << " input"
             << (inputs.size() == 1 ? "" : "s") << ", " << at::get_num_threads()
-            << " threads)\n";
+            << " threads, device " << args.device << ")\n";
   describe(output);
 
   if (args.repeat > 0) {
@@ -226,6 +269,7 @@ int run(const Args& args) {
     for (int i = 0; i < args.repeat; ++i) {
       const auto start = std::chrono::steady_clock::now();
       model.forward(inputs);
+      if (cuda) torch::cuda::synchronize(args.device.index());  // the kernels run asynchronously
       ms.push_back(std::chrono::duration<double, std::milli>(
                        std::chrono::steady_clock::now() - start)
                        .count());
