@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/quantize.h"
+#include "ops/packed_common.h"
 #include "ops/cpu/int8_conv_kernels.h"
 
 namespace torchqat {
@@ -39,11 +40,8 @@ namespace {
 
 constexpr const char* kOp = "PackedConv2d";
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
+using packed::optional_clone;
+using packed::shape_string;
 
 std::string list_string(const std::vector<int64_t>& v) {
   std::ostringstream ss;
@@ -51,24 +49,8 @@ std::string list_string(const std::vector<int64_t>& v) {
   return ss.str();
 }
 
-// A copy of an optional tensor, for __obj_flatten__: strict torch.export (TorchDynamo) calls it
-// more than once and refuses tensors that alias between calls (UnsafeScriptObjectError), so it
-// must not hand out the stored tensors themselves.
-std::optional<at::Tensor> optional_clone(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->clone()) : std::nullopt;
-}
-
-// A per-output-channel float vector: floating dtype, [n], CPU; returned as contiguous float32.
 at::Tensor channel_vector(const at::Tensor& t, const char* name, int64_t n) {
-  TORCH_CHECK(t.defined(), kOp, ": ", name, " must be a tensor");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), kOp, ": ", name,
-              " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, kOp, ": ", name, " must have shape [", n,
-              "] (out_channels), got shape ", shape_string(t));
-  TORCH_CHECK(t.is_cpu(), kOp, ": ", name, " must be a CPU tensor, got one on ", t.device());
-  at::Tensor f = t.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  TORCH_CHECK(at::isfinite(f).all().item<bool>(), kOp, ": ", name, " must be finite");
-  return f;
+  return packed::channel_vector(kOp, t, name, n, "out_channels");
 }
 
 // stride / padding / dilation: two values (a single value is accepted and repeated, as
@@ -176,45 +158,20 @@ std::shared_ptr<const void> PackedConv2d::device_cache(
 }
 
 PackedConv2d::State PackedConv2d::state() const {
-  c10::Dict<std::string, at::Tensor> d;
-  d.insert("weight", weight_);
-  d.insert("weight_scale", weight_scale_);
-  if (bias_.has_value()) d.insert("bias", *bias_);
-  if (out_multiplier_.has_value()) {
-    d.insert("out_multiplier", *out_multiplier_);
-    d.insert("out_shift", *out_shift_);
-  }
   std::vector<int64_t> params{stride_[0],   stride_[1],   padding_[0], padding_[1],
                               dilation_[0], dilation_[1], groups_};
-  return {kFormatVersion, d, params};
+  return {kFormatVersion,
+          packed::to_dict({weight_, weight_scale_, bias_, out_multiplier_, out_shift_}), params};
 }
 
 c10::intrusive_ptr<PackedConv2d> PackedConv2d::from_state(State state) {
   const int64_t version = std::get<0>(state);
-  TORCH_CHECK(version == kFormatVersion, kOp, ": cannot load packed weights of format version ",
-              version, "; this build of torchqat reads version ", kFormatVersion,
-              " (the file was written by another torchqat version, or is damaged)");
-  const c10::Dict<std::string, at::Tensor>& d = std::get<1>(state);
-  for (const auto& entry : d) {
-    const std::string& key = entry.key();
-    TORCH_CHECK(key == "weight" || key == "weight_scale" || key == "bias" ||
-                    key == "out_multiplier" || key == "out_shift",
-                kOp, ": unknown entry '", key, "' in saved packed weights of format version ",
-                version);
-  }
-  TORCH_CHECK(d.contains("weight") && d.contains("weight_scale"), kOp,
-              ": saved packed weights of format version ", version,
-              " lack 'weight' or 'weight_scale'");
+  const packed::SavedTensors t = packed::from_dict(kOp, version, kFormatVersion, std::get<1>(state));
   const std::vector<int64_t>& p = std::get<2>(state);
   TORCH_CHECK(p.size() == 7, kOp, ": saved packed weights of format version ", version,
               " must hold 7 convolution parameters, got ", p.size());
-  // The packed object keeps its tensors on the CPU and lays them out per device on first use;
-  // a file loaded with map_location="cuda" hands them over on the GPU, so they come back here.
-  const auto get = [&](const char* key) -> std::optional<at::Tensor> {
-    return d.contains(key) ? std::optional<at::Tensor>(d.at(key).cpu()) : std::nullopt;
-  };
   return c10::make_intrusive<PackedConv2d>(
-      *get("weight"), *get("weight_scale"), get("bias"), get("out_multiplier"), get("out_shift"),
+      t.weight, t.weight_scale, t.bias, t.out_multiplier, t.out_shift,
       std::vector<int64_t>{p[0], p[1]}, std::vector<int64_t>{p[2], p[3]},
       std::vector<int64_t>{p[4], p[5]}, p[6], "auto");
 }

@@ -3,9 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <sstream>
 
 #include "core/quantize.h"
+#include "ops/packed_common.h"
 
 namespace torchqat {
 namespace ops {
@@ -13,30 +13,11 @@ namespace {
 
 constexpr const char* kOp = "PackedLinear";
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream ss;
-  ss << t.sizes();
-  return ss.str();
-}
+using packed::optional_clone;
+using packed::shape_string;
 
-// A copy of an optional tensor, for __obj_flatten__: strict torch.export (TorchDynamo) calls it
-// more than once and refuses tensors that alias between calls (UnsafeScriptObjectError), so it
-// must not hand out the stored tensors themselves.
-std::optional<at::Tensor> optional_clone(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->clone()) : std::nullopt;
-}
-
-// A per-output-channel float vector: floating dtype, [N], CPU; returned as contiguous float32.
 at::Tensor channel_vector(const at::Tensor& t, const char* name, int64_t n) {
-  TORCH_CHECK(t.defined(), kOp, ": ", name, " must be a tensor");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), kOp, ": ", name,
-              " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, kOp, ": ", name, " must have shape [", n,
-              "] (out_features), got shape ", shape_string(t));
-  TORCH_CHECK(t.is_cpu(), kOp, ": ", name, " must be a CPU tensor, got one on ", t.device());
-  at::Tensor f = t.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  TORCH_CHECK(at::isfinite(f).all().item<bool>(), kOp, ": ", name, " must be finite");
-  return f;
+  return packed::channel_vector(kOp, t, name, n, "out_features");
 }
 
 }  // namespace
@@ -108,40 +89,15 @@ std::shared_ptr<const DevicePack> PackedLinear::device_pack(const c10::Device& d
 }
 
 PackedLinear::State PackedLinear::state() const {
-  c10::Dict<std::string, at::Tensor> d;
-  d.insert("weight", weight_);
-  d.insert("weight_scale", weight_scale_);
-  if (bias_.has_value()) d.insert("bias", *bias_);
-  if (out_multiplier_.has_value()) {
-    d.insert("out_multiplier", *out_multiplier_);
-    d.insert("out_shift", *out_shift_);
-  }
-  return {kFormatVersion, d};
+  return {kFormatVersion,
+          packed::to_dict({weight_, weight_scale_, bias_, out_multiplier_, out_shift_})};
 }
 
 c10::intrusive_ptr<PackedLinear> PackedLinear::from_state(State state) {
-  const int64_t version = std::get<0>(state);
-  TORCH_CHECK(version == kFormatVersion, kOp, ": cannot load packed weights of format version ",
-              version, "; this build of torchqat reads version ", kFormatVersion,
-              " (the file was written by another torchqat version, or is damaged)");
-  const c10::Dict<std::string, at::Tensor>& d = std::get<1>(state);
-  for (const auto& entry : d) {
-    const std::string& key = entry.key();
-    TORCH_CHECK(key == "weight" || key == "weight_scale" || key == "bias" ||
-                    key == "out_multiplier" || key == "out_shift",
-                kOp, ": unknown entry '", key, "' in saved packed weights of format version ",
-                version);
-  }
-  TORCH_CHECK(d.contains("weight") && d.contains("weight_scale"), kOp,
-              ": saved packed weights of format version ", version,
-              " lack 'weight' or 'weight_scale'");
-  // The packed object keeps its tensors on the CPU and lays them out per device on first use;
-  // a file loaded with map_location="cuda" hands them over on the GPU, so they come back here.
-  const auto get = [&](const char* key) -> std::optional<at::Tensor> {
-    return d.contains(key) ? std::optional<at::Tensor>(d.at(key).cpu()) : std::nullopt;
-  };
-  return c10::make_intrusive<PackedLinear>(*get("weight"), *get("weight_scale"), get("bias"),
-                                           get("out_multiplier"), get("out_shift"), "auto");
+  const packed::SavedTensors t =
+      packed::from_dict(kOp, std::get<0>(state), kFormatVersion, std::get<1>(state));
+  return c10::make_intrusive<PackedLinear>(t.weight, t.weight_scale, t.bias, t.out_multiplier,
+                                           t.out_shift, "auto");
 }
 
 void register_packed_linear_class() {
