@@ -1,19 +1,21 @@
 // Argument handling shared by the INT8 operators (int8_linear, int8_conv2d; the CUDA ones use
-// the activation name, shape_string and check_packed_linear too): the activation name, the
-// packed weights against the input, and the per-tensor activation quantizer's parameters,
-// checked like fake_quantize's with messages that name the calling operator.
+// the activation name, shape_string, the range and the packed-weight checks too): the activation
+// name, the packed weights against the input, and the per-tensor activation quantizer's
+// parameters, checked like fake_quantize's with messages that name the calling operator.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <sstream>
 #include <string>
 
 #include "core/quantize.h"
+#include "ops/packed_conv2d.h"
 #include "ops/packed_linear.h"
 
 namespace torchqat {
@@ -46,6 +48,40 @@ inline void check_packed_linear(const char* op,
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == packed->in_features(), op,
               ": input must have shape [*, ", packed->in_features(),
               "] (in_features of packed), got shape ", shape_string(input));
+}
+
+// int8_conv2d / int8_conv2d_acc: packed is set, input is [N, C, H, W] with packed's in_channels,
+// and the output is not empty; returns the output's {height, width}. The CPU operators
+// (require_cpu) also need a CPU input.
+inline std::array<int64_t, 2> check_packed_conv2d(
+    const char* op, const c10::intrusive_ptr<ops::PackedConv2d>& packed, const at::Tensor& input,
+    bool require_cpu) {
+  TORCH_CHECK(packed, op, ": packed must be a PackedConv2d, got None");
+  TORCH_CHECK(!require_cpu || input.is_cpu(), op, ": input must be a CPU tensor (PackedConv2d "
+              "is packed for the CPU), got one on ", input.device());
+  TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got shape ",
+              shape_string(input));
+  TORCH_CHECK(input.size(1) == packed->in_channels(), op, ": input must have ",
+              packed->in_channels(), " channels (in_channels of packed), got shape ",
+              shape_string(input));
+  const auto ks = packed->kernel_size();
+  const auto st = packed->stride(), pd = packed->padding(), dl = packed->dilation();
+  const int64_t H = input.size(2), W = input.size(3);
+  const int64_t span_h = H + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1;
+  const int64_t span_w = W + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1;
+  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the output would be empty: input of height x "
+              "width ", H, " x ", W, " with padding [", pd[0], ", ", pd[1],
+              "] is smaller than the dilated kernel (", dl[0] * (ks[0] - 1) + 1, " x ",
+              dl[1] * (ks[1] - 1) + 1, ")");
+  return {span_h / st[0] + 1, span_w / st[1] + 1};
+}
+
+// int8_conv2d_acc: an integer input's zero point must lie in its dtype's range.
+inline void check_acc_zero_point(const char* op, at::ScalarType dt, int64_t zero_point) {
+  const bool is_signed = dt == at::kChar;
+  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
+  TORCH_CHECK(zero_point >= zmin && zero_point <= zmax, op, ": input_zero_point must lie in [",
+              zmin, ", ", zmax, "] for ", dt, " input, got ", zero_point);
 }
 
 // The activation quantizer's parameters as the kernels use them: scale positive, finite and

@@ -51,14 +51,8 @@ constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // Checks input against packed and computes the output geometry.
 Conv2dGeometry geometry(const char* op, const c10::intrusive_ptr<PackedConv2d>& packed,
                         const at::Tensor& input) {
-  TORCH_CHECK(packed, op, ": packed must be a PackedConv2d, got None");
-  TORCH_CHECK(input.is_cpu(), op, ": input must be a CPU tensor (PackedConv2d is packed for "
-              "the CPU), got one on ", input.device());
-  TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got shape ",
-              shape_string(input));
-  TORCH_CHECK(input.size(1) == packed->in_channels(), op, ": input must have ",
-              packed->in_channels(), " channels (in_channels of packed), got shape ",
-              shape_string(input));
+  const std::array<int64_t, 2> out_hw =
+      check_packed_conv2d(op, packed, input, /*require_cpu=*/true);
   Conv2dGeometry g{};
   g.N = input.size(0);
   g.C = input.size(1);
@@ -75,14 +69,8 @@ Conv2dGeometry geometry(const char* op, const c10::intrusive_ptr<PackedConv2d>& 
   g.dil_h = dl[0];
   g.dil_w = dl[1];
   g.groups = packed->groups();
-  const int64_t span_h = g.H + 2 * g.pad_h - g.dil_h * (g.kh - 1) - 1;
-  const int64_t span_w = g.W + 2 * g.pad_w - g.dil_w * (g.kw - 1) - 1;
-  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the output would be empty: input of height x "
-              "width ", g.H, " x ", g.W, " with padding [", g.pad_h, ", ", g.pad_w,
-              "] is smaller than the dilated kernel (", g.dil_h * (g.kh - 1) + 1, " x ",
-              g.dil_w * (g.kw - 1) + 1, ")");
-  g.Ho = span_h / g.stride_h + 1;
-  g.Wo = span_w / g.stride_w + 1;
+  g.Ho = out_hw[0];
+  g.Wo = out_hw[1];
   return g;
 }
 
@@ -260,11 +248,8 @@ at::Tensor int8_conv2d_acc_cpu(const at::Tensor& input, int64_t input_zero_point
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   const Conv2dGeometry g = geometry(op, packed, input);
+  check_acc_zero_point(op, dt, input_zero_point);
   const bool is_signed = dt == at::kChar;
-  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
-  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
-              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt, " input, got ",
-              input_zero_point);
   at::Tensor out = empty_output(g, packed->out_channels(), at::kInt);
   if (out.numel() == 0) return out;
   // Unsigned bytes for the kernels: int8 v is stored as v + 128 (flipping the sign bit).

@@ -378,11 +378,8 @@ at::Tensor int8_conv2d_acc_cuda(const at::Tensor& input, int64_t input_zero_poin
   const char* op = "int8_conv2d_acc";
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
+  cpu::check_acc_zero_point(op, dt, input_zero_point);
   const bool is_signed = dt == at::kChar;
-  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
-  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
-              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt, " input, got ",
-              input_zero_point);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const ConvShape s = conv_shape(input, w, p, op);
   at::Tensor out = empty_output(input, s, at::kInt);
@@ -462,25 +459,11 @@ namespace {
 
 using ops::PackedConv2d;
 
-// The checks of the CPU operators' geometry(), with their messages (less "input must be a CPU
-// tensor"): packed, input's shape, and an output that is not empty.
+// The CPU operators' checks of packed and input (ops/cpu/int8_common.h), less "input must be a
+// CPU tensor".
 void check_input(const char* op, const c10::intrusive_ptr<PackedConv2d>& packed,
                  const at::Tensor& input) {
-  TORCH_CHECK(packed, op, ": packed must be a PackedConv2d, got None");
-  TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got shape ",
-              shape_string(input));
-  TORCH_CHECK(input.size(1) == packed->in_channels(), op, ": input must have ",
-              packed->in_channels(), " channels (in_channels of packed), got shape ",
-              shape_string(input));
-  const auto ks = packed->kernel_size();
-  const auto pd = packed->padding(), dl = packed->dilation();
-  const int64_t H = input.size(2), W = input.size(3);
-  const int64_t span_h = H + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1;
-  const int64_t span_w = W + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1;
-  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the output would be empty: input of height x "
-              "width ", H, " x ", W, " with padding [", pd[0], ", ", pd[1],
-              "] is smaller than the dilated kernel (", dl[0] * (ks[0] - 1) + 1, " x ",
-              dl[1] * (ks[1] - 1) + 1, ")");
+  cpu::check_packed_conv2d(op, packed, input, /*require_cpu=*/false);
 }
 
 // The dispatcher picks this kernel when any tensor argument is on a GPU, so input itself may
@@ -538,11 +521,7 @@ at::Tensor int8_conv2d_acc_op(const at::Tensor& input, int64_t input_zero_point,
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   check_input(op, packed, input);
-  const bool is_signed = dt == at::kChar;
-  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
-  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
-              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt, " input, got ",
-              input_zero_point);
+  cpu::check_acc_zero_point(op, dt, input_zero_point);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const auto w = device_weights(*packed, input.device());
   return int8_conv2d_acc_cuda(input, input_zero_point, *w, conv_params(*packed));
