@@ -303,6 +303,13 @@ def test_int8_linear_cuda_errors():
         int8.int8_linear(x.cpu(), s, z, -128, 127, packed)  # dispatched to CUDA by s and z
     with pytest.raises(RuntimeError, match=r"int8_linear: input must have shape \[\*, 5\]"):
         int8.int8_linear(x[:, :4], s, z, -128, 127, packed)
+    # The range check is the CPU operator's (int8_common.h): same messages on both devices.
+    with pytest.raises(RuntimeError, match=r"int8_linear: quant_min must be less than quant_max, "
+                                           r"got \[5, 5\]"):
+        int8.int8_linear(x, s, z, 5, 5, packed)
+    with pytest.raises(RuntimeError, match=r"int8_linear: \[quant_min, quant_max\] must lie "
+                                           r"within \[0, 255\] or \[-128, 127\]"):
+        int8.int8_linear(x, s, z, -1000, 1000, packed)
     with pytest.raises(RuntimeError, match="int8_linear: activation must be 'none', 'relu' or "
                                            "'silu', got 'gelu'"):
         int8.int8_linear(x, s, z, -128, 127, packed, "gelu")
