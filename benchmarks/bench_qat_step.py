@@ -8,7 +8,11 @@ from code (tests/qat_models.py's TinyDetector) at 128x128, batch 8.
 
 Targets (issue 3): torchqat step <= 1.15 x float; faster than PyTorch's eager QAT.
 
-    python benchmarks/bench_qat_step.py [--threads N] [--reps R]
+    python benchmarks/bench_qat_step.py [--threads N] [--reps R] [--breakdown]
+
+--breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
+groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),
+timed interleaved with float and the full QAT step.
 """
 
 from __future__ import annotations
@@ -86,10 +90,47 @@ def run_case(name, model, batch, loss_fn, reps, ao_model=None):
     return times
 
 
+def breakdown_case(name, model, batch, loss_fn, reps):
+    """The QAT step with groups of quantizers in pass_through, against float and full QAT."""
+    from torchqat.quantizers import FakeQuantizer
+
+    qmodel = torchqat_model(model, batch)
+    quantizers = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, FakeQuantizer)]
+    # The first input quantizer in module order is the model input's (the stem convolution).
+    first_input = next((n for n, m in quantizers if m.role != "weight"), None)
+    groups = {
+        "weights off": lambda n, m: m.role == "weight",
+        "inputs off": lambda n, m: m.role != "weight",
+        f"only {first_input} off": lambda n, m: n == first_input,
+    }
+    candidates = {"float": make_step(copy.deepcopy(model), batch, loss_fn),
+                  "torchqat": make_step(qmodel, batch, loss_fn)}
+    counts = {}
+    for label, switched_off in groups.items():
+        variant = copy.deepcopy(qmodel)
+        n_off = 0
+        for n, m in variant.named_modules():
+            if isinstance(m, FakeQuantizer) and switched_off(n, m):
+                m.mode = "pass_through"
+                n_off += 1
+        counts[label] = n_off
+        candidates[label] = make_step(variant, batch, loss_fn)
+    times = time_interleaved(candidates, reps=reps, warmup=2)
+    base = times["float"]
+    print(f"\n{name}: where torchqat's extra time goes (quantizers switched to pass_through)")
+    print(f"  {'':40s} {'ms/step':>9s} {'x float':>8s} {'quantizers off':>15s}")
+    for k, t in times.items():
+        off = str(counts[k]) if k in counts else ""
+        print(f"  {k:40s} {t * 1e3:9.1f} {t / base:8.3f} {off:>15s}")
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also split the detector's QAT overhead by quantizer group")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(header(args.threads))
@@ -117,8 +158,12 @@ def main():
                  lambda out: F.cross_entropy(out, target), args.reps, ao_model=ao_resnet)
 
     detector = TinyDetector(num_classes=3)
-    run_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector,
-             torch.randn(8, 3, 128, 128), detector_loss, args.reps)
+    det_batch = torch.randn(8, 3, 128, 128)
+    run_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
+             detector_loss, args.reps)
+    if args.breakdown:
+        breakdown_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
+                       detector_loss, args.reps)
 
 
 if __name__ == "__main__":
