@@ -11,7 +11,8 @@ def test_built_library_loads_a_shared_cxx_runtime():
 def test_library_without_a_shared_cxx_runtime_is_refused(tmp_path):
     # An ELF file whose dynamic string table names no C++ runtime: what the static link gives.
     lib = tmp_path / "_C.so"
-    lib.write_bytes(b"\x7fELF" + b"\0" * 60 + b"libc10.so\0libtorch_cpu.so\0libgcc_s.so.1\0libc.so.6\0")
+    lib.write_bytes(b"\x7fELF" + b"\0" * 60
+                    + b"libc10.so\0libtorch_cpu.so\0libgcc_s.so.1\0libc.so.6\0")
     message = _linkcheck.static_cxx_runtime_message(lib, "/opt/gcc/bin/g++")
     assert message is not None
     assert str(lib) in message and "/opt/gcc/bin/g++ links libstdc++ statically" in message

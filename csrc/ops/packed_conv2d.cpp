@@ -166,7 +166,8 @@ PackedConv2d::State PackedConv2d::state() const {
 
 c10::intrusive_ptr<PackedConv2d> PackedConv2d::from_state(State state) {
   const int64_t version = std::get<0>(state);
-  const packed::SavedTensors t = packed::from_dict(kOp, version, kFormatVersion, std::get<1>(state));
+  const packed::SavedTensors t =
+      packed::from_dict(kOp, version, kFormatVersion, std::get<1>(state));
   const std::vector<int64_t>& p = std::get<2>(state);
   TORCH_CHECK(p.size() == 7, kOp, ": saved packed weights of format version ", version,
               " must hold 7 convolution parameters, got ", p.size());

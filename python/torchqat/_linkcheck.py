@@ -19,7 +19,8 @@ from typing import Optional
 _SHARED_CXX_RUNTIMES = (b"libstdc++.so", b"libc++.so")
 
 
-def static_cxx_runtime_message(path: str | Path, compiler: str = "the C++ compiler") -> Optional[str]:
+def static_cxx_runtime_message(path: str | Path,
+                               compiler: str = "the C++ compiler") -> Optional[str]:
     """None when `path` (an ELF shared library) loads a shared C++ runtime, or when it is not an
     ELF file (macOS, Windows: nothing to check); else a message saying what is wrong and how to
     build instead."""

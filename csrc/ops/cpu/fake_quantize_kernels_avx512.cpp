@@ -1,7 +1,7 @@
 // AVX-512 (F, BW, VL, DQ) build of the fake-quant CPU kernels, chosen at run time. The target
-// pragma comes before every ISA-dependent include (isa_prelude.h holds the others), so this file needs no per-file compiler flags. GCC's
-// pragma does not define the ISA macros that headers test (sleef.h declares its AVX-512
-// functions under __AVX512F__), so this file defines them for itself.
+// pragma comes before every ISA-dependent include (isa_prelude.h holds the others), so this file
+// needs no per-file compiler flags. GCC's pragma does not define the ISA macros that headers test
+// (sleef.h declares its AVX-512 functions under __AVX512F__), so this file defines them itself.
 #define TORCHQAT_ISA_PRELUDE_ATEN
 #include "ops/cpu/isa_prelude.h"  // before the target pragma: see there
 #if defined(__x86_64__) || defined(_M_X64)

@@ -76,8 +76,8 @@ inline std::array<int64_t, 2> check_packed_conv2d(
   return {span_h / st[0] + 1, span_w / st[1] + 1};
 }
 
-// int8_conv2d_acc: an integer input's zero point must lie in its dtype's range.
-inline void check_acc_zero_point(const char* op, at::ScalarType dt, int64_t zero_point) {
+// int8_matmul / int8_conv2d_acc: an integer input's zero point must lie in its dtype's range.
+inline void check_integer_input_zero_point(const char* op, at::ScalarType dt, int64_t zero_point) {
   const bool is_signed = dt == at::kChar;
   const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
   TORCH_CHECK(zero_point >= zmin && zero_point <= zmax, op, ": input_zero_point must lie in [",
@@ -162,11 +162,7 @@ inline void check_int8_matmul_input(const char* op, const at::Tensor& input,
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   check_packed_linear(op, packed, input, require_cpu);
-  const bool is_signed = dt == at::kChar;
-  const int64_t zmin = is_signed ? -128 : 0, zmax = is_signed ? 127 : 255;
-  TORCH_CHECK(input_zero_point >= zmin && input_zero_point <= zmax, op,
-              ": input_zero_point must lie in [", zmin, ", ", zmax, "] for ", dt,
-              " input, got ", input_zero_point);
+  check_integer_input_zero_point(op, dt, input_zero_point);
 }
 
 }  // namespace cpu

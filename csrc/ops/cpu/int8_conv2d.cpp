@@ -248,7 +248,7 @@ at::Tensor int8_conv2d_acc_cpu(const at::Tensor& input, int64_t input_zero_point
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   const Conv2dGeometry g = geometry(op, packed, input);
-  check_acc_zero_point(op, dt, input_zero_point);
+  check_integer_input_zero_point(op, dt, input_zero_point);
   const bool is_signed = dt == at::kChar;
   at::Tensor out = empty_output(g, packed->out_channels(), at::kInt);
   if (out.numel() == 0) return out;

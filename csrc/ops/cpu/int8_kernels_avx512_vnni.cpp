@@ -1,6 +1,7 @@
 // AVX-512 (F, BW, VL, DQ) + VNNI build of the integer CPU kernels, chosen at run time where the
-// CPU has avx512_vnni: the vpdpbusd GEMM kernel. The target pragma comes before every ISA-dependent include,
-// so this file needs no per-file compiler flags; it includes no ATen header.
+// CPU has avx512_vnni: the vpdpbusd GEMM kernel. The target pragma comes before every
+// ISA-dependent include, so this file needs no per-file compiler flags; it includes no ATen
+// header.
 #include "ops/cpu/isa_prelude.h"  // before the target pragma: see there
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx,avx2,fma,f16c,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")

@@ -378,7 +378,7 @@ at::Tensor int8_conv2d_acc_cuda(const at::Tensor& input, int64_t input_zero_poin
   const char* op = "int8_conv2d_acc";
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
-  cpu::check_acc_zero_point(op, dt, input_zero_point);
+  cpu::check_integer_input_zero_point(op, dt, input_zero_point);
   const bool is_signed = dt == at::kChar;
   const c10::cuda::CUDAGuard device_guard(input.device());
   const ConvShape s = conv_shape(input, w, p, op);
@@ -521,7 +521,7 @@ at::Tensor int8_conv2d_acc_op(const at::Tensor& input, int64_t input_zero_point,
   const auto dt = input.scalar_type();
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   check_input(op, packed, input);
-  cpu::check_acc_zero_point(op, dt, input_zero_point);
+  cpu::check_integer_input_zero_point(op, dt, input_zero_point);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const auto w = device_weights(*packed, input.device());
   return int8_conv2d_acc_cuda(input, input_zero_point, *w, conv_params(*packed));
