@@ -37,11 +37,15 @@ if not with_cuda:
 
 # -ffp-contract=off: no ISA may fuse a multiply and an add that the scalar code rounds twice,
 # so every CPU kernel (default, AVX2, AVX-512) computes the same bits.
+# -fno-trapping-math: with trapping math on, GCC leaves every loop that selects on a float
+# comparison scalar (it will not evaluate both sides of a select), e.g. the SiLU epilogue's clamp
+# (core::exp_float) and ReLU. Nothing here reads the floating-point exception flags, and the
+# option changes no result.
 # -fopenmp: at::parallel_for is an OpenMP loop compiled into *our* objects (ATen/ParallelOpenMP.h);
 # without the flag _OPENMP is undefined and every parallel_for silently runs on one thread. Only
 # compiled with it, not linked: the GOMP_* symbols resolve to the libgomp torch already loads.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp", "-fvisibility=hidden", "-Wall",
-             "-Wno-unknown-pragmas", "-Wno-psabi"]
+cxx_flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp", "-fvisibility=hidden",
+             "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
 # --fmad=false: like -ffp-contract=off on the CPU, so per-element gradient terms round as the
 # CPU kernels round them.
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]

@@ -2,6 +2,7 @@
 at 64x64, batch 8, converted with tq.convert, against its float model, one thread.
 
     python benchmarks/bench_int8_detector.py [--reps 30] [--layers 12] [--threads 1]
+                                             [--unfused-silu]
 
 Whole model: float and INT8 forwards, eager and TorchScript (float frozen; the INT8 model as
 tq.export_torchscript scripts it), interleaved (A B C D A B ...), medians. Per layer: every leaf
@@ -9,11 +10,14 @@ module's forward timed with perf_counter from forward hooks (hooks add a few us 
 both models), medians over the repetitions, the slowest layers first; the INT8 layer's time
 includes its input quantization, im2col, GEMM, epilogue and SiLU. Weights are the random
 initialisation, calibrated on random images (scales affect accuracy, not the kernels' speed).
+--unfused-silu adds the INT8 model with SiLU as a separate in-place pass after each layer (what
+the CPU operators did before the SiLU moved into the epilogue), eager and TorchScript.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -39,6 +43,19 @@ def build(batch: int):
     tq.calibrate(qmodel, images, progress=False)
     imodel = tq.convert(qmodel.eval()).eval()
     return model, imodel, images[0]
+
+
+def with_unfused_silu(imodel):
+    """A copy of the INT8 model whose SiLU runs as an in-place pass after each layer instead of in
+    its epilogue: every Conv block's Int8Conv2d back to activation "none" and its `act` (the
+    nn.Identity convert left there) an nn.SiLU(inplace=True) again."""
+    unfused = copy.deepcopy(imodel)
+    for parent in unfused.modules():
+        conv = getattr(parent, "conv", None)
+        if isinstance(conv, tq.Int8Conv2d) and conv.activation == "silu":
+            conv.activation = "none"
+            parent.act = torch.nn.SiLU(inplace=True)
+    return unfused
 
 
 def layer_times(model, x, reps: int):
@@ -71,6 +88,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--layers", type=int, default=12, help="slowest INT8 layers to list")
+    ap.add_argument("--unfused-silu", action="store_true",
+                    help="also time the INT8 model with SiLU as a separate pass")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(header(args.threads))
@@ -78,16 +97,30 @@ def main() -> None:
     # TorchScript: the deployment form (and no eager per-op Python overhead).
     fmodel_ts = torch.jit.freeze(torch.jit.script(model))
     imodel_ts = torch.jit.script(imodel)
+    candidates = {"float": lambda: model(x), "int8": lambda: imodel(x),
+                  "float_ts": lambda: fmodel_ts(x), "int8_ts": lambda: imodel_ts(x)}
+    if args.unfused_silu:
+        unfused = with_unfused_silu(imodel)
+        unfused_ts = torch.jit.script(unfused)
+        with torch.no_grad():
+            assert torch.allclose(unfused(x), imodel(x), rtol=1e-4, atol=1e-5)
+        candidates.update({"int8_unfused": lambda: unfused(x),
+                           "int8_unfused_ts": lambda: unfused_ts(x)})
     with torch.no_grad():
-        t = time_interleaved({"float": lambda: model(x), "int8": lambda: imodel(x),
-                              "float_ts": lambda: fmodel_ts(x), "int8_ts": lambda: imodel_ts(x)},
-                             reps=args.reps, warmup=3)
+        t = time_interleaved(candidates, reps=args.reps, warmup=3)
     print(f"\nTinyYOLO 64x64, batch {args.batch}, medians of {args.reps} interleaved runs:")
     print(f"  eager      : float {t['float'] * 1e3:.2f} ms, INT8 {t['int8'] * 1e3:.2f} ms, "
           f"float/INT8 = {t['float'] / t['int8']:.2f}x")
     print(f"  TorchScript: float {t['float_ts'] * 1e3:.2f} ms (frozen), INT8 "
           f"{t['int8_ts'] * 1e3:.2f} ms, float/INT8 = {t['float_ts'] / t['int8_ts']:.2f}x; "
           f"eager float / TorchScript INT8 = {t['float'] / t['int8_ts']:.2f}x")
+    if args.unfused_silu:
+        print(f"  SiLU as a separate pass: eager INT8 {t['int8_unfused'] * 1e3:.2f} ms "
+              f"(float/INT8 = {t['float'] / t['int8_unfused']:.2f}x), TorchScript INT8 "
+              f"{t['int8_unfused_ts'] * 1e3:.2f} ms (float/INT8 = "
+              f"{t['float_ts'] / t['int8_unfused_ts']:.2f}x); fused SiLU is "
+              f"{t['int8_unfused'] / t['int8']:.2f}x (eager), "
+              f"{t['int8_unfused_ts'] / t['int8_ts']:.2f}x (TorchScript) faster")
 
     fl = layer_times(model, x, args.reps)
     il = layer_times(imodel, x, args.reps)

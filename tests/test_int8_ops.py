@@ -328,7 +328,28 @@ def test_int8_linear_identical_on_every_kernel_and_activations(kernel):
     assert y_none.shape == (2, 9, n)
     assert torch.equal(y_none, int8.int8_linear(x, s_x, z_x, 0, 255, ref))
     assert torch.equal(int8.int8_linear(x, s_x, z_x, 0, 255, packed, "relu"), F.relu(y_none))
-    assert torch.equal(int8.int8_linear(x, s_x, z_x, 0, 255, packed, "silu"), F.silu(y_none))
+    y_silu = int8.int8_linear(x, s_x, z_x, 0, 255, packed, "silu")
+    assert torch.equal(y_silu, int8.int8_linear(x, s_x, z_x, 0, 255, ref, "silu"))
+    assert silu_close(y_silu, F.silu(y_none))
+
+
+def silu_close(y, expected):
+    """The epilogue's SiLU (core::silu, its own float32 exp) against ATen's: both within ~2 ulp of
+    the exact value, so a few ulp apart, plus an absolute 1e-30 where the result is tiny."""
+    return torch.allclose(y, expected, rtol=8 * U, atol=1e-30)
+
+
+def test_silu_epilogue_against_aten_over_its_range():
+    """t = q * s_w[n] for every int8 code q and 400 weight scales up to 0.8, so t runs from -102
+    to 102 (where exp(-t) over- and underflows): the fused SiLU stays within a few ulp of
+    F.silu(t) everywhere."""
+    s_w = torch.linspace(1e-3, 0.8, 400)
+    packed = int8.pack_linear(torch.ones(400, 1, dtype=torch.int8), s_w)
+    x = torch.arange(-128.0, 128.0).unsqueeze(1)
+    args = (x, torch.tensor([1.0]), torch.tensor([0]), -128, 127, packed)
+    t = int8.int8_linear(*args)
+    assert t.min() < -100 and t.max() > 100
+    assert silu_close(int8.int8_linear(*args, "silu"), F.silu(t))
 
 
 def qat_tolerance(k, abs_terms, b):

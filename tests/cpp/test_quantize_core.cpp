@@ -3,8 +3,10 @@
 // exact at the ends of the operand ranges.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -52,6 +54,66 @@ TEST(LinearEpilogue, RoundsOnce) {
   const float a = 1.0f + 0x1p-12f, b = 1.0f - 0x1p-12f, c = -1.0f;
   EXPECT_EQ(core::fused_multiply_add(a, b, c), -0x1p-24f);
   EXPECT_EQ(core::linear_epilogue(-3, 0.5f, 2.0f), 0.5f);
+}
+
+// Distance from y to the exactly rounded float of v, in units of that float's last place.
+double ulps(float y, double v) {
+  const float r = static_cast<float>(v);
+  const double ulp = std::nextafter(std::fabs(r), std::numeric_limits<float>::infinity()) -
+                     std::fabs(r);
+  return std::fabs(static_cast<double>(y) - v) / ulp;
+}
+
+// Every 61st float in the range where exp is a normal float, both signs: within 2 ulp.
+TEST(ExpFloat, WithinTwoUlpOverTheNormalRange) {
+  double worst = 0.0;
+  for (const float end : {88.3f, -87.3f}) {
+    uint32_t last;
+    std::memcpy(&last, &end, sizeof(last));
+    const uint32_t first = end > 0 ? 0u : 0x80000000u;
+    for (uint32_t b = first; b <= last; b += 61) {
+      float x;
+      std::memcpy(&x, &b, sizeof(x));
+      worst = std::max(worst, ulps(core::exp_float(x), std::exp(static_cast<double>(x))));
+    }
+  }
+  EXPECT_LE(worst, 2.0);
+}
+
+TEST(ExpFloat, RangeEndsInfinitiesAndNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(core::exp_float(0.0f), 1.0f);
+  EXPECT_EQ(core::exp_float(88.4f), inf);    // a little before the exact overflow (88.72)
+  EXPECT_EQ(core::exp_float(89.0f), inf);
+  EXPECT_EQ(core::exp_float(inf), inf);
+  EXPECT_EQ(core::exp_float(-87.7f), 0.0f);  // exp is subnormal here
+  EXPECT_EQ(core::exp_float(-inf), 0.0f);
+  EXPECT_EQ(core::exp_float(std::numeric_limits<float>::quiet_NaN()), 0.0f);  // documented
+}
+
+// SiLU against float64: a few ulp where it is a normal float; 0 / -0 where ATen's gives the
+// same or a number below 1e-36; -inf / (1 + inf) is NaN, as in ATen; NaN stays NaN.
+TEST(Silu, WithinAFewUlpOfFloat64) {
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-100.0f, 100.0f);
+  double worst = 0.0;
+  for (int i = 0; i < 200000; ++i) {
+    const float t = i < 100000 ? dist(rng) : dist(rng) * 0.05f;
+    const double ref = t / (1.0 + std::exp(-static_cast<double>(t)));
+    if (std::fabs(ref) < 1e-36) {
+      EXPECT_LE(std::fabs(core::silu(t)), 1e-36) << t;
+      continue;
+    }
+    worst = std::max(worst, ulps(core::silu(t), ref));
+  }
+  EXPECT_LE(worst, 4.0);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(core::silu(0.0f), 0.0f);
+  EXPECT_EQ(core::silu(inf), inf);
+  EXPECT_TRUE(std::isnan(core::silu(-inf)));
+  EXPECT_EQ(core::silu(-200.0f), 0.0f);
+  EXPECT_EQ(core::silu(200.0f), 200.0f);
+  EXPECT_TRUE(std::isnan(core::silu(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(ReferenceGemm, ExactAtTheRangeEnds) {

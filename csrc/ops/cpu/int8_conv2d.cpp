@@ -236,9 +236,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
     e.shift = packed->out_shift()->const_data_ptr<float>();
   }
   e.relu = act == Activation::kRelu;
+  e.silu = act == Activation::kSilu;
   run_conv(*packed, g, xqp, static_cast<int32_t>(q.zero_point) + a_shift, e,
            out.mutable_data_ptr<float>(), nullptr);
-  if (act == Activation::kSilu) at::silu_(out);
   return out;
 }
 

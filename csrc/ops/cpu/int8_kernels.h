@@ -27,7 +27,7 @@ struct ChannelShape {
 //   v = acc_raw[n] - offset[n]                     (offset = z_a * colsum[n])
 //   raw_out: write v as int32; else
 //   t = fma(float(v), alpha[n], bias[n]); if multiplier: t = fma(t, multiplier[n], shift[n]);
-//   relu: t = t > 0 ? t : 0
+//   relu: t = t > 0 ? t : 0;  silu: t = core::silu(t)
 struct Int8Epilogue {
   const int32_t* offset = nullptr;
   const float* alpha = nullptr;
@@ -35,6 +35,7 @@ struct Int8Epilogue {
   const float* multiplier = nullptr;  // null: no folded BatchNorm
   const float* shift = nullptr;
   bool relu = false;
+  bool silu = false;
   bool raw_out = false;
 };
 

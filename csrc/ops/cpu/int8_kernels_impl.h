@@ -146,7 +146,11 @@ void dequantize(const void* q, IntType type, float* y, ChannelShape sh, int64_t 
 // [n0, n0 + cols); out / out_raw point at (row 0, column n0), stride ldo. kCols > 0: cols is
 // that compile-time constant (a full GEMM panel), so each row is a few whole vectors with no
 // remainder loop; the per-column parameters are then loaded once for all rows.
-template <bool kAffine, bool kRelu, int64_t kCols>
+// The activation fused into the epilogue, as a template argument so that each loop is one
+// straight-line vector body.
+enum class EpilogueAct { kNone, kRelu, kSilu };
+
+template <bool kAffine, EpilogueAct kAct, int64_t kCols>
 void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols_rt,
                     const Int8Epilogue& e, float* out, int64_t ldo) {
   const int64_t cols = kCols > 0 ? kCols : cols_rt;
@@ -164,10 +168,27 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
     for (int64_t j = 0; j < cols; ++j) {
       float t = core::linear_epilogue(ar[j] - off[j], alpha[j], bias[j]);
       if constexpr (kAffine) t = core::fused_multiply_add(t, mult[j], shift[j]);
-      if constexpr (kRelu) t = t > 0.0f ? t : 0.0f;
+      if constexpr (kAct == EpilogueAct::kRelu) t = t > 0.0f ? t : 0.0f;
+      // SiLU here, while the block is in L1, instead of a separate pass over the output.
+      if constexpr (kAct == EpilogueAct::kSilu) t = core::silu(t);
       o[j] = t;
     }
   }
+}
+
+template <bool kAffine, int64_t kCols>
+void epilogue_float_act(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0,
+                        int64_t cols, const Int8Epilogue& e, float* out, int64_t ldo) {
+  if (e.silu) {
+    return epilogue_float<kAffine, EpilogueAct::kSilu, kCols>(acc, ld_acc, rows, n0, cols, e,
+                                                              out, ldo);
+  }
+  if (e.relu) {
+    return epilogue_float<kAffine, EpilogueAct::kRelu, kCols>(acc, ld_acc, rows, n0, cols, e,
+                                                              out, ldo);
+  }
+  return epilogue_float<kAffine, EpilogueAct::kNone, kCols>(acc, ld_acc, rows, n0, cols, e, out,
+                                                            ldo);
 }
 
 template <int64_t kCols>
@@ -183,13 +204,10 @@ void epilogue_block_cols(const int32_t* acc, int64_t ld_acc, int64_t rows, int64
     }
     return;
   }
-  const bool affine = e.multiplier != nullptr;
-  if (affine && e.relu) {
-    return epilogue_float<true, true, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  if (e.multiplier != nullptr) {
+    return epilogue_float_act<true, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
   }
-  if (affine) return epilogue_float<true, false, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
-  if (e.relu) return epilogue_float<false, true, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
-  return epilogue_float<false, false, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
+  return epilogue_float_act<false, kCols>(acc, ld_acc, rows, n0, cols, e, out, ldo);
 }
 
 void epilogue_block(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols,

@@ -106,6 +106,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
     e.shift = packed->out_shift()->const_data_ptr<float>();
   }
   e.relu = act == Activation::kRelu;
+  e.silu = act == Activation::kSilu;
 
   const float* xp = x.const_data_ptr<float>();
   const int64_t row_grain = std::max<int64_t>(1, 32768 / K);
@@ -139,7 +140,6 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
                       out.mutable_data_ptr<float>(), nullptr, N};
     run_gemm(*gemm, g);
   }
-  if (act == Activation::kSilu) at::silu_(out);
   return out;
 }
 
