@@ -2,7 +2,7 @@
 at 64x64, batch 8, converted with tq.convert, against its float model, one thread.
 
     python benchmarks/bench_int8_detector.py [--reps 30] [--layers 12] [--threads 1]
-                                             [--unfused-silu]
+                                             [--unfused-silu] [--seven-bit]
 
 Whole model: float and INT8 forwards, eager and TorchScript (float frozen; the INT8 model as
 tq.export_torchscript scripts it), interleaved (A B C D A B ...), medians. Per layer: every leaf
@@ -12,6 +12,8 @@ includes its input quantization, im2col, GEMM, epilogue and SiLU. Weights are th
 initialisation, calibrated on random images (scales affect accuracy, not the kernels' speed).
 --unfused-silu adds the INT8 model with SiLU as a separate in-place pass after each layer (what
 the CPU operators did before the SiLU moved into the epilogue), eager and TorchScript.
+--seven-bit adds the same model with 7-bit activations ([0, 127]), which convert packs for the
+avx2_u7 kernel on AVX2 CPUs.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ import torchqat as tq  # noqa: E402
 from detector import TinyYOLO  # noqa: E402
 
 
-def build(batch: int):
+def build(batch: int, config=None):
     torch.manual_seed(0)
     model = TinyYOLO(10, 1, 16).eval()
-    qmodel = tq.prepare_qat(model, tq.QATConfig())
+    qmodel = tq.prepare_qat(model, config if config is not None else tq.QATConfig())
     images = [torch.rand(batch, 1, 64, 64) for _ in range(2)]
     tq.calibrate(qmodel, images, progress=False)
     imodel = tq.convert(qmodel.eval()).eval()
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12, help="slowest INT8 layers to list")
     ap.add_argument("--unfused-silu", action="store_true",
                     help="also time the INT8 model with SiLU as a separate pass")
+    ap.add_argument("--seven-bit", action="store_true",
+                    help="also time the INT8 model of a QAT model with 7-bit activations")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(header(args.threads))
@@ -106,6 +110,13 @@ def main() -> None:
             assert torch.allclose(unfused(x), imodel(x), rtol=1e-4, atol=1e-5)
         candidates.update({"int8_unfused": lambda: unfused(x),
                            "int8_unfused_ts": lambda: unfused_ts(x)})
+    if args.seven_bit:
+        config = tq.QATConfig(activation=tq.QuantSpec(bits=7, symmetric=False, learnable=True))
+        _, imodel7, _ = build(args.batch, config)
+        kernels = sorted({m.packed.kernel() for m in imodel7.modules() if hasattr(m, "packed")})
+        print(f"7-bit activations: kernels {', '.join(kernels)}")
+        imodel7_ts = torch.jit.script(imodel7)
+        candidates.update({"int8_7bit": lambda: imodel7(x), "int8_7bit_ts": lambda: imodel7_ts(x)})
     with torch.no_grad():
         t = time_interleaved(candidates, reps=args.reps, warmup=3)
     print(f"\nTinyYOLO 64x64, batch {args.batch}, medians of {args.reps} interleaved runs:")
@@ -121,6 +132,12 @@ def main() -> None:
               f"{t['float_ts'] / t['int8_unfused_ts']:.2f}x); fused SiLU is "
               f"{t['int8_unfused'] / t['int8']:.2f}x (eager), "
               f"{t['int8_unfused_ts'] / t['int8_ts']:.2f}x (TorchScript) faster")
+
+    if args.seven_bit:
+        print(f"  7-bit activations: eager INT8 {t['int8_7bit'] * 1e3:.2f} ms (float/INT8 = "
+              f"{t['float'] / t['int8_7bit']:.2f}x), TorchScript INT8 "
+              f"{t['int8_7bit_ts'] * 1e3:.2f} ms (float/INT8 = "
+              f"{t['float_ts'] / t['int8_7bit_ts']:.2f}x)")
 
     fl = layer_times(model, x, args.reps)
     il = layer_times(imodel, x, args.reps)

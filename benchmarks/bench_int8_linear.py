@@ -14,6 +14,8 @@ Candidates:
   int8[<kernel>]   torchqat.int8_linear with PackedLinear packed for <kernel>
                    (avx512_vnni, avx2, reference, int_mm = torch._int_mm inside our op,
                    vnni_emulated = the VNNI kernel's logic with vpdpbusd emulated in AVX2)
+  int8[avx2_u7]    on AVX2 CPUs: the kernel for 7-bit activations (x quantized to [0, 127]),
+                   vpmaddubsw, which cannot saturate there
   _int_mm only     torch._int_mm(A int8 [M, K], W int8 [K, N]) -> int32, nothing else; the
                    difference to int8[int_mm] is the quantization and epilogue cost.
 
@@ -55,14 +57,16 @@ class Fp32Linear(torch.nn.Module):
 
 
 class Int8Linear(torch.nn.Module):
-    def __init__(self, packed, s_x: torch.Tensor, z_x: torch.Tensor):
+    def __init__(self, packed, s_x: torch.Tensor, z_x: torch.Tensor, quant_max: int = 255):
         super().__init__()
         self.packed = packed
+        self.quant_max = quant_max
         self.register_buffer("s_x", s_x)
         self.register_buffer("z_x", z_x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchqat.int8_linear(x, self.s_x, self.z_x, 0, 255, self.packed, "none")
+        return torch.ops.torchqat.int8_linear(x, self.s_x, self.z_x, 0, self.quant_max,
+                                              self.packed, "none")
 
 
 class IntMm(torch.nn.Module):
@@ -89,6 +93,11 @@ def candidates(m: int, nk: int, kernels) -> Dict[str, Callable[[], object]]:
     for k in kernels:
         mod = torch.jit.script(Int8Linear(int8.pack_linear(q_w, s_w, b, kernel=k), s_x, z_x))
         fns[f"int8[{k}]"] = lambda mod=mod: mod(x)
+    if "avx2" in kernels:
+        u7 = torch.jit.script(Int8Linear(int8.pack_linear(q_w, s_w, b, kernel="avx2_u7"),
+                                         x.abs().max().reshape(1) / 63,
+                                         torch.tensor([64], dtype=torch.int32), 127))
+        fns["int8[avx2_u7]"] = lambda: u7(x)
     a_s8 = torch.randint(-128, 128, (m, nk), generator=g, dtype=torch.int8)
     int_mm = torch.jit.script(IntMm(q_w.t().contiguous()))
     fns["_int_mm only"] = lambda: int_mm(a_s8)

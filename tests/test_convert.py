@@ -531,6 +531,39 @@ def test_convert_yolo_blocks_residual_concat_upsample(caplog):
     assert_end_to_end_close(out, ref)
 
 
+LOW_BIT_CONFIG = tq.QATConfig(
+    weight=tq.QuantSpec(bits=4, symmetric=True, per_channel=True, learnable=True),
+    activation=tq.QuantSpec(bits=7, symmetric=False, learnable=True))
+
+
+@needs_conv
+def test_convert_low_bit_model_runs_on_int8_kernels(monkeypatch):
+    """4-bit weights and 7-bit activations hold in int8 / uint8 exactly, so such a QAT model
+    converts like an 8-bit one, within the same bounds. Its 7-bit inputs let "auto" take the
+    avx2_u7 kernel on AVX2 CPUs (depthwise layers keep their direct kernel), and the result
+    equals the 8-bit AVX2 kernel's bit for bit."""
+    torch.manual_seed(6)
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    qat = qat_model(YoloNet(), batches, LOW_BIT_CONFIG)
+    int8_model = tq.convert(qat)
+    layers = [m for m in int8_model.modules() if isinstance(m, INT8_TYPES)]
+    assert len(layers) == 8
+    assert all(m.quant_min == 0 and m.quant_max == 127 for m in layers)
+    assert all(int(m.packed.weight().abs().max()) <= 8 for m in layers)  # 4-bit: [-8, 7]
+    x = torch.randn(3, 3, 32, 32)
+    out, ref, n = end_to_end(qat, int8_model, x)
+    assert n == 8
+    assert_end_to_end_close(out, ref)
+    if int8.available_kernels()[0] == "avx2":
+        assert {m.packed.kernel() for m in layers} == {"avx2_u7", "depthwise"}
+        monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "avx2")
+        plain = tq.convert(qat)
+        kernels = {m.packed.kernel() for m in plain.modules() if isinstance(m, INT8_TYPES)}
+        assert kernels == {"avx2", "depthwise"}
+        with torch.no_grad():
+            assert torch.equal(plain(x), out)
+
+
 @needs_conv
 def test_convert_tiny_detector_untraceable_root(caplog):
     """TinyDetector's forward has data-dependent control flow, so fx cannot trace the model; its
@@ -634,12 +667,12 @@ def test_convert_refuses_partly_calibrated_model():
 def test_convert_keeps_unsupported_layers(caplog):
     model = nn.Sequential(
         nn.Conv3d(2, 4, 1), nn.Flatten(2), nn.Linear(6, 8),        # 0, 1, 2
-        nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),         # 3 (4 bit), 4 (float), 5
+        nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),         # 3 (16 bit), 4 (float), 5
         nn.Linear(8, 8),                                           # 6 (per-channel activation)
     )
     cfg = tq.QATConfig(skip=["4"], overrides={
-        "3": {"weight": {"bits": 4}},
-        "5": {"activation": {"symmetric": True, "bits": 7}},
+        "3": {"weight": {"bits": 16}},
+        "5": {"activation": {"symmetric": True, "bits": 12}},
         "6": {"activation": {"per_channel": True, "axis": -1}},
     })
     q = tq.prepare_qat(model, cfg)
@@ -653,8 +686,9 @@ def test_convert_keeps_unsupported_layers(caplog):
     assert type(i[6]) is QuantLinear
     text = caplog.text
     assert "kept 0 as a fake-quant QAT layer: QuantConv3d has no INT8 kernel" in text
-    assert "kept 3 as a fake-quant QAT layer: its weight spec has 4 bits" in text
-    assert "kept 5 as a fake-quant QAT layer: its input spec has 7 bits" in text
+    assert "kept 3 as a fake-quant QAT layer: its weight spec has 16 bits; the INT8 kernels take " \
+           "at most 8" in text
+    assert "kept 5 as a fake-quant QAT layer: its input spec has 12 bits" in text
     assert "kept 6 as a fake-quant QAT layer: its input is quantized per channel" in text
     x = torch.randn(2, 2, 2, 3, 1)
     with torch.no_grad():
@@ -781,10 +815,11 @@ def test_from_qat_bad_arguments():
     with pytest.raises(ValueError, match=r"Int8Conv2d\.from_qat: expected a QuantConv2d, got "
                                          r"QuantLinear"):
         tq.Int8Conv2d.from_qat(q[0])
-    q4 = tq.prepare_qat(nn.Linear(6, 4), tq.QATConfig(weight=tq.QuantSpec(bits=4)))
-    tq.calibrate(q4, [torch.randn(2, 6)], progress=False)
-    with pytest.raises(ValueError, match=r"cannot convert QuantLinear: its weight spec has 4 bits"):
-        tq.Int8Linear.from_qat(q4)
+    q16 = tq.prepare_qat(nn.Linear(6, 4), tq.QATConfig(weight=tq.QuantSpec(bits=16)))
+    tq.calibrate(q16, [torch.randn(2, 6)], progress=False)
+    with pytest.raises(ValueError, match=r"cannot convert QuantLinear: its weight spec has 16 bits; "
+                                         r"the INT8 kernels take at most 8"):
+        tq.Int8Linear.from_qat(q16)
     unc = tq.prepare_qat(nn.Linear(6, 4))
     with pytest.raises(ValueError, match=r"input quantizer was never calibrated"):
         tq.Int8Linear.from_qat(unc)

@@ -501,7 +501,8 @@ def test_auto_kernel_follows_environment(monkeypatch):
     assert int8.pack_linear(w, s, kernel="reference").kernel() == "reference"  # explicit wins
     monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "bogus")
     with pytest.raises(RuntimeError, match="int8 kernel must be 'auto', 'avx512_vnni', 'avx2', "
-                                           "'reference', 'int_mm' or 'vnni_emulated', got 'bogus'"):
+                                           "'reference', 'int_mm', 'vnni_emulated' or "
+                                           "'avx2_u7', got 'bogus'"):
         int8.pack_linear(w, s)
     monkeypatch.delenv("TORCHQAT_INT8_KERNEL")
     monkeypatch.setenv("TORCHQAT_CPU_CAPABILITY", "sse9")
@@ -656,3 +657,106 @@ def test_int8_linear_torch_compile_and_export():
     torch.export.save(ep, buf)
     buf.seek(0)
     assert torch.equal(torch.export.load(buf).module()(x), expected)
+
+
+# -- avx2_u7: the AVX2 kernel for 7-bit unsigned activations ---------------------------------
+
+needs_avx2 = pytest.mark.skipif("avx2" not in int8.available_kernels(),
+                                reason="this CPU lacks AVX2 (avx2_u7 needs it)")
+
+
+@needs_avx2
+@pytest.mark.parametrize("k", [4, 4099, 65793])
+def test_avx2_u7_exact_at_its_range_ends(k):
+    """Codes 127 against weights -128 and 127, K up to the deepest exact reduction: vpmaddubsw's
+    pair sums (127 * 128 * 2 = 32512) cannot saturate, so the accumulators are exact."""
+    n = 3
+    w = torch.tensor([-128, 127, -127], dtype=torch.int8).repeat_interleave(k).view(n, k)
+    x = torch.full((2, k), 127.0)
+    args = (torch.tensor([1.0]), torch.tensor([0]), 0, 127)
+    y = int8.int8_linear(x, *args, int8.pack_linear(w, torch.ones(n), kernel="avx2_u7"))
+    expected = torch.tensor([-128.0, 127.0, -127.0]) * 127 * k  # one rounding, like float(acc)
+    assert torch.equal(y, expected.expand(2, n))
+    assert torch.equal(y, int8.int8_linear(x, *args, int8.pack_linear(w, torch.ones(n),
+                                                                      kernel="reference")))
+
+
+@needs_avx2
+@pytest.mark.parametrize("qrange", [(0, 127), (0, 100), (20, 127)])
+@pytest.mark.parametrize("act", ["none", "relu", "silu"])
+def test_avx2_u7_linear_equals_reference(qrange, act):
+    qmin, qmax = qrange
+    g = gen(31)
+    for m, n, k in [(1, 5, 3), (7, 33, 129), (13, 16, 4), (50, 70, 301)]:
+        _, s_w, q_w, b, mult, shift = make_layer(n, k, g, bias=True, bn=True)
+        x = torch.randn(m, k, generator=g) * 2
+        z = randint(qmin, qmax, (1,), torch.int32, g)
+        args = (x, torch.tensor([0.02]), z, qmin, qmax)
+        u7 = int8.pack_linear(q_w, s_w, b, mult, shift, kernel="avx2_u7")
+        ref = int8.pack_linear(q_w, s_w, b, mult, shift, kernel="reference")
+        assert u7.kernel() == "avx2_u7"
+        assert torch.equal(int8.int8_linear(*args, u7, act), int8.int8_linear(*args, ref, act))
+
+
+@needs_avx2
+@pytest.mark.parametrize("cfg", [(2, 3, 8, 13, 12, 3, 1, 1, 1, 1), (1, 6, 10, 11, 9, 3, 2, 1, 1, 2),
+                                 (1, 8, 16, 8, 8, 1, 1, 0, 1, 1), (1, 20, 24, 9, 10, 3, 1, 1, 1, 1)])
+def test_avx2_u7_conv_equals_reference(cfg):
+    n, c, o, h, w_, k, stride, padding, dilation, groups = cfg
+    g = gen(32)
+    q_w = randint(-127, 127, (o, c // groups, k, k), torch.int8, g)
+    x = torch.randn(n, c, h, w_, generator=g)
+    args = (x, torch.tensor([0.03]), torch.tensor([40]), 0, 127)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    u7 = int8.pack_conv2d(q_w, torch.rand(o, generator=g) + 0.1, kernel="avx2_u7", **kw)
+    ref = int8.pack_conv2d(q_w, u7.weight_scale(), kernel="reference", **kw)
+    assert torch.equal(int8.int8_conv2d(*args, u7, "silu"), int8.int8_conv2d(*args, ref, "silu"))
+
+
+@needs_avx2
+def test_avx2_u7_refuses_what_it_cannot_multiply_exactly():
+    w = torch.ones(4, 8, dtype=torch.int8)
+    packed = int8.pack_linear(w, torch.ones(4), kernel="avx2_u7")
+    x = torch.randn(2, 8)
+    for qmin, qmax in [(0, 255), (0, 128), (-64, 63), (-128, 127)]:
+        with pytest.raises(RuntimeError, match=r"int8_linear: the packed weights use kernel "
+                           r"'avx2_u7', which is exact only for activation ranges within "
+                           r"\[0, 127\] \(7-bit unsigned\), got \[quant_min, quant_max\] = "
+                           + rf"\[{qmin}, {qmax}\]"):
+            int8.int8_linear(x, torch.tensor([0.1]), torch.tensor([0]), qmin, qmax, packed)
+    with pytest.raises(RuntimeError, match=r"int8_matmul: the packed weights use kernel "
+                       r"'avx2_u7', which is exact only for activation bytes in \[0, 127\]"):
+        int8.int8_matmul(torch.full((2, 8), 200, dtype=torch.uint8), 0, packed)
+    conv = int8.pack_conv2d(torch.ones(4, 2, 3, 3, dtype=torch.int8), torch.ones(4),
+                            kernel="avx2_u7")
+    with pytest.raises(RuntimeError, match=r"int8_conv2d: the packed weights use kernel 'avx2_u7'"):
+        int8.int8_conv2d(torch.randn(1, 2, 5, 5), torch.tensor([0.1]), torch.tensor([0]), 0, 255,
+                         conv)
+    with pytest.raises(RuntimeError, match=r"int8_conv2d_acc: the packed weights use kernel "
+                       r"'avx2_u7'"):
+        int8.int8_conv2d_acc(torch.zeros(1, 2, 5, 5, dtype=torch.uint8), 0, conv)
+
+
+@needs_avx2
+def test_avx2_u7_saved_weights_repack_with_auto(tmp_path):
+    """The kernel is a choice for one activation range, not a property of the weights: a saved
+    pack loads with the machine's "auto" kernel and gives the same floats."""
+    g = gen(33)
+    _, s_w, q_w, b, _, _ = make_layer(9, 20, g)
+    packed = int8.pack_linear(q_w, s_w, b, kernel="avx2_u7")
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.packed = packed
+
+        def forward(self, x):
+            return torch.ops.torchqat.int8_linear(x, torch.tensor([0.05]), torch.tensor([3]), 0,
+                                                  127, self.packed, "relu")
+
+    x = torch.randn(4, 20, generator=g)
+    path = tmp_path / "u7.pt"
+    torch.jit.save(torch.jit.script(Layer()), str(path))
+    loaded = torch.jit.load(str(path))
+    assert loaded.packed.kernel() == int8.available_kernels()[0]
+    assert torch.equal(loaded(x), Layer()(x))

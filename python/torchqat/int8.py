@@ -97,8 +97,12 @@ def pack_linear(
         out_multiplier, out_shift: optional float ``[out_features]``, given together: after the
             bias, ``y = y * out_multiplier + out_shift`` (a BatchNorm folded into the epilogue).
         kernel: ``"auto"`` (the best kernel this CPU runs; the environment variable
-            ``TORCHQAT_INT8_KERNEL`` overrides it and ``TORCHQAT_CPU_CAPABILITY`` lowers it) or
-            one of :func:`available_kernels`.
+            ``TORCHQAT_INT8_KERNEL`` overrides it and ``TORCHQAT_CPU_CAPABILITY`` lowers it),
+            one of :func:`available_kernels`, or ``"avx2_u7"``: an AVX2 kernel for 7-bit
+            unsigned activations (``quant_min >= 0``, ``quant_max <= 127``), for which AVX2's
+            ``vpmaddubsw`` cannot saturate; it is exact only there, so the operators refuse
+            a wider activation range and raw-byte input (``int8_matmul``) with it, and a saved
+            model re-packs with ``"auto"`` on load.
 
     Returns:
         A ``torch.classes.torchqat.PackedLinear``. It scripts and saves with
@@ -186,7 +190,7 @@ def pack_conv2d(
         kernel: ``"auto"`` (depthwise layers -- groups == in == out channels -- take the direct
             ``"depthwise"`` kernel, the others the GEMM kernel :func:`pack_linear` would take),
             ``"depthwise"``, or one of :func:`available_kernels` (GEMM per group over im2col
-            tiles).
+            tiles), or ``"avx2_u7"`` for 7-bit unsigned activations (see :func:`pack_linear`).
 
     Returns:
         A ``torch.classes.torchqat.PackedConv2d``; it scripts, saves and re-packs on load like

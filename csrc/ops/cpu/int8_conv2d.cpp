@@ -211,6 +211,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
   // Quantize once into NHWC bytes; signed ranges are stored as q + 128, their zero point alike.
   const at::Tensor x = nhwc(input.to(at::kFloat));
   const int32_t a_shift = quant_min < 0 ? 128 : 0;
+  check_kernel_operand_range(op, packed->gemm(), quant_min, quant_max, a_shift);
   const int64_t C = g.C, pixels = g.N * g.H * g.W;
   at::Tensor xq = at::empty({pixels * C}, x.options().dtype(at::kByte));
   const float inv_s = core::inverse_scale(q.scale);
@@ -249,6 +250,7 @@ at::Tensor int8_conv2d_acc_cpu(const at::Tensor& input, int64_t input_zero_point
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   const Conv2dGeometry g = geometry(op, packed, input);
   check_integer_input_zero_point(op, dt, input_zero_point);
+  check_kernel_takes_any_byte(op, packed->gemm());
   const bool is_signed = dt == at::kChar;
   at::Tensor out = empty_output(g, packed->out_channels(), at::kInt);
   if (out.numel() == 0) return out;

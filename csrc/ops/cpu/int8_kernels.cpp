@@ -72,7 +72,7 @@ const Int8GemmKernel* gemm_named(const Int8CpuKernels& table, const std::string&
 }
 
 constexpr const char* kKernelNames =
-    "'auto', 'avx512_vnni', 'avx2', 'reference', 'int_mm' or 'vnni_emulated'";
+    "'auto', 'avx512_vnni', 'avx2', 'reference', 'int_mm', 'vnni_emulated' or 'avx2_u7'";
 
 }  // namespace
 
@@ -99,7 +99,7 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
   if (resolved_name != nullptr) *resolved_name = wanted;
   if (wanted == "int_mm") return nullptr;
   if (wanted == "reference") return gemm_named(int8_cpu_kernels_default(), wanted);
-  if (wanted == "avx2" || wanted == "vnni_emulated") {
+  if (wanted == "avx2" || wanted == "vnni_emulated" || wanted == "avx2_u7") {
     TORCH_CHECK(cpu_has_avx2(), "int8 kernel '", wanted, "' needs AVX2 and FMA, which this CPU lacks");
     return gemm_named(int8_cpu_kernels_avx2(), wanted);
   }

@@ -57,11 +57,12 @@ struct Int8GemmProblem {
 // A GEMM kernel family: its packed-B layout, its A layout, and the compute over a block of rows
 // and a range of B panels (panel p holds columns [p * panel_cols, (p + 1) * panel_cols)).
 struct Int8GemmKernel {
-  const char* name;      // "reference", "avx2", "avx512_vnni", "vnni_emulated"
+  const char* name;      // "reference", "avx2", "avx512_vnni", "vnni_emulated", "avx2_u7"
   int64_t panel_cols;    // columns per packed panel
   int64_t k_align;       // K is padded with zeros to a multiple of this
   int64_t a_bytes;       // bytes per element of A (1: uint8, 2: int16)
   int64_t block_rows;    // rows per host task (a multiple of the micro-kernel's rows)
+  int32_t max_a;         // largest A byte the kernel is exact for: 255, or 127 for avx2_u7
   // Bytes of packed B for [N, K] weights.
   int64_t (*packed_b_bytes)(int64_t N, int64_t K);
   // w: int8 [N, K] row-major → packed panels (padding zero).
@@ -96,7 +97,7 @@ struct Int8CpuKernels {
   void (*epilogue)(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t N,
                    const Int8Epilogue& e, float* out, int32_t* out_raw, int64_t ldo);
   // The GEMM kernel families compiled in this file (nullptr-terminated).
-  const Int8GemmKernel* gemms[3];
+  const Int8GemmKernel* gemms[4];
 };
 
 const Int8CpuKernels& int8_cpu_kernels_default();

@@ -310,12 +310,14 @@ void gemm(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t 
 }
 
 template <class Micro>
-constexpr Int8GemmKernel make_gemm_kernel(const char* name, int64_t block_rows) {
+constexpr Int8GemmKernel make_gemm_kernel(const char* name, int64_t block_rows,
+                                          int32_t max_a = 255) {
   return {name,
           Micro::kPanel,
           Micro::kKAlign,
           static_cast<int64_t>(sizeof(typename Micro::AType)),
           block_rows,
+          max_a,
           &packed_b_bytes<Micro>,
           &pack_b<Micro>,
           &quantize_a<typename Micro::AType>,
@@ -361,29 +363,30 @@ inline int32_t load_i32(const void* p) {
 }
 
 #if defined(TORCHQAT_INT8_WITH_AVX2)
-// AVX2: A as int16 pairs broadcast to every lane, B widened from int8 to int16 on load,
-// vpmaddwd + vpaddd. 6 rows x 16 columns: 12 accumulators, 2 B vectors, 1 A vector.
-struct Avx2Micro {
-  using AType = int16_t;
+// The AVX2 micro-kernels: 6 rows x 16 columns, 12 accumulators, 2 B vectors, 1 A vector. Step
+// is the multiply-add of one group of kKAlign k: a broadcast group of A (4 bytes) against the
+// group for 8 columns, summed into 8 int32 lanes.
+template <class Step>
+struct Avx2Micro16 {
+  using AType = typename Step::AType;
   static constexpr int64_t kPanel = 16;
-  static constexpr int64_t kKAlign = 2;
+  static constexpr int64_t kKAlign = Step::kKAlign;
   static constexpr int kRows = 6;
 
   template <int R>
-  static void run(int64_t kp, const int16_t* a, int64_t lda, const int8_t* b, int32_t* acc) {
+  static void run(int64_t kp, const AType* a, int64_t lda, const int8_t* b, int32_t* acc) {
     __m256i c0[R], c1[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < kp; k += 2, b += 32) {
+    for (int64_t k = 0; k < kp; k += kKAlign, b += kPanel * kKAlign) {
       _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetchBytes), _MM_HINT_T0);
-      const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
-      const __m256i b1 =
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
+      const __m256i b0 = Step::load_b(b);
+      const __m256i b1 = Step::load_b(b + 8 * kKAlign);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256i av = _mm256_set1_epi32(load_i32(a + r * lda + k));
-        c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(av, b0));
-        c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(av, b1));
+        c0[r] = _mm256_add_epi32(c0[r], Step::madd(av, b0));
+        c1[r] = _mm256_add_epi32(c1[r], Step::madd(av, b1));
       }
     }
 #pragma GCC unroll 8
@@ -391,6 +394,33 @@ struct Avx2Micro {
       _mm256_store_si256(reinterpret_cast<__m256i*>(acc + r * kPanel), c0[r]);
       _mm256_store_si256(reinterpret_cast<__m256i*>(acc + r * kPanel + 8), c1[r]);
     }
+  }
+};
+
+// "avx2": A as int16 pairs, B widened from int8 to int16 on load, vpmaddwd.
+struct Int16PairStep {
+  using AType = int16_t;
+  static constexpr int64_t kKAlign = 2;
+  static __m256i load_b(const int8_t* b) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+  }
+  static __m256i madd(__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }
+};
+
+// "avx2_u7", for 7-bit activations (A bytes in [0, 127]): vpmaddubsw multiplies 4 bytes of A by
+// 4 k of 8 columns into int16 pair sums, vpmaddwd against ones adds the pairs into int32. A pair
+// sum is at most 127 * 128 * 2 = 32512 < 2^15, so vpmaddubsw cannot saturate (with A up to 255
+// it can: the reason the 8-bit kernel widens to int16 instead). 3 instructions per 32 products
+// against the int16 kernel's 4, and A stays in bytes. B is packed like the VNNI kernel's (4 k
+// per column). Callers keep A within max_a = 127 (the host wrappers check the activation range).
+struct U7QuadStep {
+  using AType = uint8_t;
+  static constexpr int64_t kKAlign = 4;
+  static __m256i load_b(const int8_t* b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  }
+  static __m256i madd(__m256i a, __m256i b) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
   }
 };
 
@@ -486,9 +516,11 @@ struct VnniMicro {
 #if defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
 constexpr Int8GemmKernel kVnniKernel = make_gemm_kernel<VnniMicro<Avx512VnniOps>>("avx512_vnni", 48);
 #elif defined(TORCHQAT_INT8_WITH_AVX2)
-constexpr Int8GemmKernel kAvx2Kernel = make_gemm_kernel<Avx2Micro>("avx2", 48);
+constexpr Int8GemmKernel kAvx2Kernel = make_gemm_kernel<Avx2Micro16<Int16PairStep>>("avx2", 48);
 constexpr Int8GemmKernel kVnniEmulatedKernel =
     make_gemm_kernel<VnniMicro<EmulatedVnniOps>>("vnni_emulated", 48);
+constexpr Int8GemmKernel kAvx2U7Kernel =
+    make_gemm_kernel<Avx2Micro16<U7QuadStep>>("avx2_u7", 48, 127);
 #else
 constexpr Int8GemmKernel kReferenceKernel = make_gemm_kernel<ReferenceMicro>("reference", 32);
 #endif
@@ -504,11 +536,11 @@ const Int8CpuKernels& TORCHQAT_INT8_TABLE() {
                                       &quantize_a<uint8_t>,
                                       &epilogue,
 #if defined(TORCHQAT_INT8_WITH_AVX512_VNNI)
-                                      {&kVnniKernel, nullptr, nullptr}
+                                      {&kVnniKernel, nullptr, nullptr, nullptr}
 #elif defined(TORCHQAT_INT8_WITH_AVX2)
-                                      {&kAvx2Kernel, &kVnniEmulatedKernel, nullptr}
+                                      {&kAvx2Kernel, &kVnniEmulatedKernel, &kAvx2U7Kernel, nullptr}
 #else
-                                      {&kReferenceKernel, nullptr, nullptr}
+                                      {&kReferenceKernel, nullptr, nullptr, nullptr}
 #endif
   };
   return kernels;

@@ -127,6 +127,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
   } else {
     // Our kernels take unsigned bytes: signed activations are shifted up by 128.
     const int32_t a_shift = quant_min < 0 ? 128 : 0;
+    check_kernel_operand_range(op, gemm, quant_min, quant_max, a_shift);
     const std::vector<int32_t> offset = column_offsets(*packed, static_cast<int32_t>(z) + a_shift);
     e.offset = offset.data();
     const int64_t lda = (K + gemm->k_align - 1) / gemm->k_align * gemm->k_align;
@@ -157,6 +158,7 @@ at::Tensor int8_matmul_cpu(const at::Tensor& input, int64_t input_zero_point,
   Int8Epilogue e;
   e.raw_out = true;
   const Int8GemmKernel* gemm = packed->gemm();
+  check_kernel_takes_any_byte(op, gemm);
   if (gemm == nullptr) {
     const at::Tensor a = is_signed ? x.view({M, K})
                                    : x.view({M, K}).bitwise_xor(0x80).view(at::kChar);
