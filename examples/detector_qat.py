@@ -22,6 +22,8 @@ within 0.1 points of QAT fake-quant; INT8 latency >= 2x float.
     python examples/detector_qat.py --check      # assert the invariants (and, in full mode,
                                                  # exit 1 if a target is missed)
     python examples/detector_qat.py --torchvision   # the same flow on a torchvision detector
+    python examples/detector_qat.py --activation-bits 7   # 7-bit layer inputs: the avx2_u7
+                                                          # INT8 kernel on AVX2 CPUs (no ONNX)
 
 Pictures go to ``--out`` (default ``out/detector``); the float checkpoint and the data set are
 cached in ``$TORCHQAT_CACHE`` (default ``~/.cache/torchqat``).
@@ -71,12 +73,16 @@ FULL = Settings(train_images=4000, val_images=500, float_epochs=5, qat_epochs=2,
 QUICK = Settings(train_images=384, val_images=96, float_epochs=2, qat_epochs=1,
                  calib_batches=2)
 
-# 8-bit everywhere (the defaults: int8 per-channel learnable weights, uint8 learnable inputs).
-# The head's final 1x1 convolutions see the features every detection depends on: they are
-# given a minmax observer, so calibration never clips their input.
-QAT_CONFIG = tq.QATConfig(
-    overrides={"heads.*_out": {"activation": {"observer": "minmax"}}},
-)
+def qat_config(activation_bits: int = 8) -> tq.QATConfig:
+    """8-bit everywhere by default (int8 per-channel learnable weights, uint8 learnable inputs);
+    --activation-bits 7 gives every layer input the range [0, 127], which tq.convert runs on the
+    faster avx2_u7 kernel on AVX2 CPUs (docs/convert.md). The head's final 1x1 convolutions see
+    the features every detection depends on: they are given a minmax observer, so calibration
+    never clips their input."""
+    return tq.QATConfig(
+        activation=tq.QuantSpec(bits=activation_bits, symmetric=False, learnable=True),
+        overrides={"heads.*_out": {"activation": {"observer": "minmax"}}},
+    )
 
 
 def log(msg: str) -> None:
@@ -157,9 +163,10 @@ def step_float(s: Settings, train_ds, retrain: bool) -> nn.Module:
     return model.eval()
 
 
-def step_ptq(float_model: nn.Module, train_ds, s: Settings) -> nn.Module:
+def step_ptq(float_model: nn.Module, train_ds, s: Settings,
+             activation_bits: int = 8) -> nn.Module:
     t = time.perf_counter()
-    qmodel = tq.prepare_qat(float_model, QAT_CONFIG)
+    qmodel = tq.prepare_qat(float_model, qat_config(activation_bits))
     tq.calibrate(qmodel, loader(train_ds, s.batch_size, True, s.seed + 1),
                  num_batches=s.calib_batches)
     n = sum(isinstance(m, tq.FakeQuantizer) for m in qmodel.modules())
@@ -312,6 +319,13 @@ def step_onnx(qmodel: nn.Module, imodel: Optional[nn.Module], val_ds, out_dir: s
     if imodel is None or not hasattr(tq, "export_onnx"):
         log("[9 ONNX] tq.export_onnx / tq.convert not available yet; skipped")
         return None
+    narrow = sorted({(q.quant_min, q.quant_max) for q in qmodel.modules()
+                     if isinstance(q, tq.FakeQuantizer) and q.role == "activation"}
+                    - set(tq.export.onnx_activation_ranges(13)))
+    if narrow:
+        log(f"[9 ONNX] skipped: activation ranges {narrow} are not a full ONNX integer type's "
+            "(QuantizeLinear would not clamp there; tq.export_onnx refuses them)")
+        return None
 
     x = torch.stack([val_ds[i][0] for i in range(4)])
     path = os.path.join(out_dir, "detector_qdq.onnx")
@@ -420,7 +434,7 @@ def run_tinyyolo(args) -> int:
     t = time.perf_counter()
     float_model = step_float(s, train_ds, args.retrain)
     times["float"] = time.perf_counter() - t
-    ptq = step_ptq(float_model, train_ds, s)
+    ptq = step_ptq(float_model, train_ds, s, args.activation_bits)
     t = time.perf_counter()
     qat = step_qat(ptq, train_ds, s)
     times["QAT"] = time.perf_counter() - t
@@ -733,6 +747,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="skip the per-layer sensitivity ranking of the full mode")
     parser.add_argument("--verbose", action="store_true", help="print the per-layer report")
+    parser.add_argument("--activation-bits", type=int, choices=(7, 8), default=8,
+                        help="bits of every layer input (7: the avx2_u7 kernel on AVX2 CPUs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rc = 0 if args.only_torchvision else run_tinyyolo(args)
