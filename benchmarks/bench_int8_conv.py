@@ -14,7 +14,8 @@ a TorchScript module, the way INT8 models are deployed.
 Candidates:
   fp32            F.conv2d(x, W, b) on channels_last tensors (oneDNN)
   int8[auto]      torchqat.int8_conv2d with the automatic kernel (printed per row)
-  int8[<kernel>]  packed for <kernel> (--kernels): a GEMM kernel, or "depthwise"
+  int8[<kernel>]  packed for <kernel> (--kernels): a GEMM kernel, or "depthwise"; "avx2_u7" runs
+                  with 7-bit activations (x quantized to [0, 127]), the only ones it takes
 
 Ratios are FP32 time / candidate time (> 1: faster than FP32), medians of interleaved runs.
 --clock cpu times with the process's CPU time (time.process_time) instead of wall time: on a
@@ -72,14 +73,16 @@ class Fp32Conv(torch.nn.Module):
 
 
 class Int8Conv(torch.nn.Module):
-    def __init__(self, packed, s_x: torch.Tensor, z_x: torch.Tensor):
+    def __init__(self, packed, s_x: torch.Tensor, z_x: torch.Tensor, quant_max: int = 255):
         super().__init__()
         self.packed = packed
+        self.quant_max = quant_max
         self.register_buffer("s_x", s_x)
         self.register_buffer("z_x", z_x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchqat.int8_conv2d(x, self.s_x, self.z_x, 0, 255, self.packed, "none")
+        return torch.ops.torchqat.int8_conv2d(x, self.s_x, self.z_x, 0, self.quant_max,
+                                              self.packed, "none")
 
 
 def candidates(shape, kernels):
@@ -101,9 +104,15 @@ def candidates(shape, kernels):
     for kern in kernels:
         if kern == "depthwise" and not (groups == c == o):
             continue
+        if kern == "avx2_u7" and groups == c == o:  # convert keeps depthwise layers direct
+            continue
         packed = int8.pack_conv2d(q_w, s_w, b, stride=stride, padding=padding, groups=groups,
                                   kernel=kern)
-        m = torch.jit.script(Int8Conv(packed, s_x, z_x))
+        if kern == "avx2_u7":
+            m = torch.jit.script(Int8Conv(packed, x.abs().max().reshape(1) / 63,
+                                          torch.tensor([64], dtype=torch.int32), 127))
+        else:
+            m = torch.jit.script(Int8Conv(packed, s_x, z_x))
         fns[f"int8[{kern}]"] = lambda m=m: m(x)
     return fns, auto.kernel()
 
