@@ -215,28 +215,30 @@ def step_evaluate(models: Dict[str, Optional[nn.Module]], val_ds, s: Settings):
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, x: torch.Tensor, runs: int = 20) -> float:
-    """Median of ``runs`` timed forwards after warm-up."""
-    model.eval()
+def latency_ms(models: Dict[str, nn.Module], x: torch.Tensor, runs: int = 20) -> Dict[str, float]:
+    """Median of ``runs`` forwards of each model, interleaved (A B C A B C ...) after a warm-up:
+    every model meets the same machine state (caches, other load), so their ratios compare like
+    for like (docs/benchmarks.md)."""
+    for model in models.values():
+        model.eval()
     for _ in range(3):
-        model(x)
-    times = []
+        for model in models.values():
+            model(x)
+    samples: Dict[str, List[float]] = {name: [] for name in models}
     for _ in range(runs):
-        t = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
+        for name, model in models.items():
+            t = time.perf_counter()
+            model(x)
+            samples[name].append(time.perf_counter() - t)
+    return {name: 1000 * sorted(v)[len(v) // 2] for name, v in samples.items()}
 
 
 def step_latency(models: Dict[str, Optional[nn.Module]], val_ds, runs: int):
     x = torch.stack([val_ds[i][0] for i in range(8)])
-    out = {}
-    for name, model in models.items():
-        if model is None:
-            continue
-        out[name] = latency_ms(model, x, runs)
+    out = latency_ms({name: m for name, m in models.items() if m is not None}, x, runs)
     line = ", ".join(f"{k} {v:.1f} ms" for k, v in out.items())
-    log(f"[7 latency] batch of 8, {torch.get_num_threads()} thread(s), median of {runs}: {line}")
+    log(f"[7 latency] batch of 8, {torch.get_num_threads()} thread(s), medians of {runs} "
+        f"interleaved runs: {line}")
     if "QAT INT8" not in out:
         log("[7 latency] INT8: tq.convert not available yet; skipped")
     return out
