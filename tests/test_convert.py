@@ -817,8 +817,8 @@ def test_from_qat_bad_arguments():
         tq.Int8Conv2d.from_qat(q[0])
     q16 = tq.prepare_qat(nn.Linear(6, 4), tq.QATConfig(weight=tq.QuantSpec(bits=16)))
     tq.calibrate(q16, [torch.randn(2, 6)], progress=False)
-    with pytest.raises(ValueError, match=r"cannot convert QuantLinear: its weight spec has 16 bits; "
-                                         r"the INT8 kernels take at most 8"):
+    with pytest.raises(ValueError, match=r"cannot convert QuantLinear: its weight spec has 16 "
+                                         r"bits; the INT8 kernels take at most 8"):
         tq.Int8Linear.from_qat(q16)
     unc = tq.prepare_qat(nn.Linear(6, 4))
     with pytest.raises(ValueError, match=r"input quantizer was never calibrated"):

@@ -699,8 +699,10 @@ def test_avx2_u7_linear_equals_reference(qrange, act):
 
 
 @needs_avx2
-@pytest.mark.parametrize("cfg", [(2, 3, 8, 13, 12, 3, 1, 1, 1, 1), (1, 6, 10, 11, 9, 3, 2, 1, 1, 2),
-                                 (1, 8, 16, 8, 8, 1, 1, 0, 1, 1), (1, 20, 24, 9, 10, 3, 1, 1, 1, 1)])
+@pytest.mark.parametrize("cfg", [(2, 3, 8, 13, 12, 3, 1, 1, 1, 1),
+                                 (1, 6, 10, 11, 9, 3, 2, 1, 1, 2),
+                                 (1, 8, 16, 8, 8, 1, 1, 0, 1, 1),
+                                 (1, 20, 24, 9, 10, 3, 1, 1, 1, 1)])
 def test_avx2_u7_conv_equals_reference(cfg):
     n, c, o, h, w_, k, stride, padding, dilation, groups = cfg
     g = gen(32)
