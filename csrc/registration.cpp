@@ -60,6 +60,29 @@ TORCH_LIBRARY(torchqat, m) {
       ") -> (Tensor, Tensor, Tensor)");  // (grad_input: input's shape, grad_scale: scale's
                                           //  shape and dtype, grad_zero_point: zero_point's
                                           //  shape, float dtype)
+  // fake_quantize_lsq_backward writing grad_input over `grad`; returns (grad_scale,
+  // grad_zero_point). The autograd backward uses it when it owns the only reference to `grad`.
+  m.def(
+      "fake_quantize_lsq_backward_("
+      "Tensor(a!) grad, "    // input's shape and dtype; overwritten with grad_input
+      "Tensor input, "
+      "Tensor scale, "
+      "Tensor zero_point, "
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None, "
+      "float grad_factor=1.0"
+      ") -> (Tensor, Tensor)");
+
+  // max(input, min) whose gradient passes straight through, also where input < min: how a
+  // FakeQuantizer keeps a learnable scale positive without a host synchronisation, while a scale
+  // an optimizer pushed below the floor still receives gradient and can recover (a plain
+  // clamp_min would give it none). One autograd node instead of four ATen ops.
+  m.def(
+      "clamp_min_ste("
+      "Tensor input, "       // any shape and floating dtype (a scale vector, in practice)
+      "float min"
+      ") -> Tensor");        // input's shape and dtype
 
   // The instruction set of the CPU kernels in use: "avx512", "avx2" or "default". It takes no
   // tensor, so it has one kernel for every backend, given here with its schema.

@@ -250,3 +250,105 @@ def test_torch_compile_fullgraph(device, generator, backend, layout):
         assert a.shape == b.shape, name
         assert torch.equal(a, b), name
     assert got[0].stride() == expected[0].stride()
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-place LSQ backward: the autograd backward writes the input gradient over the incoming
+# gradient when it holds the only reference to it (CPU). Every path must give the functional
+# operator's results, and a gradient someone else can see must never change.
+
+
+def _lsq_backward_ops_in(fn):
+    """The torchqat LSQ backward operators that running ``fn`` calls."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("torchqat::fake_quantize_lsq_b")}
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
+def test_inplace_lsq_backward_op_equals_functional(generator, axis, layout):
+    g, x, s, z, qmin, qmax = _opcheck_args(axis, layout, "cpu", generator, False)
+    expected = ops.fake_quantize_lsq_backward(g, x, s, z, qmin, qmax, axis, 0.5)
+    grad = with_layout(g.clone(), layout)   # its own memory, in the layout under test
+    strides = grad.stride()
+    dscale, dzero = ops.fake_quantize_lsq_backward_(grad, x, s, z, qmin, qmax, axis, 0.5)
+    assert torch.equal(grad, expected[0])
+    assert torch.equal(dscale, expected[1]) and torch.equal(dzero, expected[2])
+    assert grad.stride() == strides
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_inplace_lsq_backward_opcheck(generator, axis):
+    g, x, s, z, qmin, qmax = _opcheck_args(axis, "contiguous", "cpu", generator, False)
+    opcheck(ops.fake_quantize_lsq_backward_.default, (g, x, s, z, qmin, qmax, axis, 0.5))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_autograd_overwrites_only_a_gradient_nobody_else_holds(generator, layout):
+    x, s, z, dy = _lsq_problem("cpu", generator, (2, 6, 5, 3), 1)
+    x, dy = with_layout(x, layout), with_layout(dy, layout)
+    w = torch.randn(x.shape, generator=generator)
+
+    def run(keep_gradient):
+        xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
+        y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
+        kept = []
+        if keep_gradient:
+            y.register_hook(kept.append)
+        # The gradient reaching the operator is (y * w)'s backward: a fresh tensor.
+        ((y * w).sum()).backward()
+        return xs.grad, ss.grad, zs.grad, kept
+
+    expected = ops.fake_quantize_lsq_backward(w, x, s, z, -128, 127, 1, 0.5)
+    dx, ds, dz, _ = run(keep_gradient=False)
+    assert torch.equal(dx, expected[0]) and torch.equal(ds, expected[1])
+    assert torch.equal(dz, expected[2])
+    # A hook that keeps the incoming gradient must find it unchanged afterwards.
+    dx2, ds2, dz2, kept = run(keep_gradient=True)
+    assert torch.equal(kept[0], w)
+    assert torch.equal(dx2, dx) and torch.equal(ds2, ds) and torch.equal(dz2, dz)
+    # So must a caller's own `gradient=` tensor.
+    xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
+    gradient = dy.clone()
+    ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5).backward(gradient)
+    assert torch.equal(gradient, dy)
+
+
+def test_autograd_takes_the_inplace_backward_when_it_may(generator):
+    # Fails if the optimisation silently stops applying (e.g. a reference kept by the node).
+    x, s, z, _ = _lsq_problem("cpu", generator, (2, 6, 5, 3), 1)
+    xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
+    y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
+    assert _lsq_backward_ops_in(lambda: (y * 2.0).sum().backward()) == \
+        {"torchqat::fake_quantize_lsq_backward_"}
+    y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
+    gradient = torch.ones_like(y)
+    assert _lsq_backward_ops_in(lambda: y.backward(gradient)) == \
+        {"torchqat::fake_quantize_lsq_backward"}
+
+
+# ---------------------------------------------------------------------------------------------
+# clamp_min_ste: FakeQuantizer's floor on learnable scales
+
+
+def test_clamp_min_ste_value_and_straight_through_gradient(device):
+    s = torch.tensor([-0.5, 0.0, 1e-9, 0.25, 3.0], dtype=torch.float64, device=device,
+                     requires_grad=True)
+    y = ops.clamp_min_ste(s, 1e-8)
+    assert torch.equal(y, s.detach().clamp_min(1e-8))
+    v = torch.arange(1.0, 6.0, dtype=torch.float64, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(y, s, v, create_graph=True)
+    assert torch.equal(g, v)   # gradient 1 everywhere, also below the floor
+    (gg,) = torch.autograd.grad(g.sum(), v)   # and differentiable again: the identity
+    assert torch.equal(gg, torch.ones_like(v))
+    assert torch.autograd.gradcheck(lambda t: ops.clamp_min_ste(t, -10.0), (s,))
+
+
+def test_clamp_min_ste_opcheck_and_errors(device):
+    s = torch.tensor([-0.5, 0.25, 3.0], device=device, requires_grad=True)
+    opcheck(ops.clamp_min_ste.default, (s, 1e-8))
+    with pytest.raises(RuntimeError, match="clamp_min_ste: input must be a floating-point"):
+        ops.clamp_min_ste(torch.tensor([1, 2], device=device), 0.5)
+    with pytest.raises(RuntimeError, match="clamp_min_ste: min must be finite"):
+        ops.clamp_min_ste(s, float("nan"))

@@ -101,6 +101,18 @@ def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, 
     )
 
 
+@torch.library.register_fake("torchqat::fake_quantize_lsq_backward_")
+def _fake_quantize_lsq_backward_inplace_fake(grad, input, scale, zero_point, quant_min,
+                                             quant_max, axis=None, grad_factor=1.0):
+    _check_devices("fake_quantize_lsq_backward_", input, grad=grad, scale=scale,
+                   zero_point=zero_point)
+    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
+    return (
+        torch.empty_like(scale, memory_format=torch.contiguous_format),
+        torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device),
+    )
+
+
 def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:
     # The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
     if quant_min >= 0 and quant_max <= 255:

@@ -11,7 +11,8 @@ gradients of ``torch.ops.torchqat.fake_quantize_lsq``; fixed ones are buffers an
 ``torch.ops.torchqat.fake_quantize`` (gradient to the input only).
 
 Positivity of a learnable scale: the forward uses ``max(scale, MIN_SCALE)`` through a
-straight-through clamp, ``scale.clamp_min(MIN_SCALE).detach() + (scale - scale.detach())``. Its
+straight-through clamp, ``torch.ops.torchqat.clamp_min_ste(scale, MIN_SCALE)`` (one autograd node;
+the same as ``scale.clamp_min(MIN_SCALE).detach() + (scale - scale.detach())``). Its
 value is exactly the clamped scale (so the operator's ``scale > 0`` check can never fire and no
 device value is read on the host) and its gradient reaches ``scale`` unchanged, so a scale that an
 optimizer pushed below the floor keeps receiving gradient and can recover — unlike a plain
@@ -133,9 +134,8 @@ class FakeQuantizer(nn.Module):
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.learnable:
-            scale = self.scale
             # Straight-through clamp: value max(scale, MIN_SCALE), gradient 1 (see module doc).
-            scale = scale.clamp_min(self.min_scale).detach() + (scale - scale.detach())
+            scale = torch.ops.torchqat.clamp_min_ste(self.scale, self.min_scale)
             grad_factor = self.grad_factor
             if grad_factor <= 0.0:
                 per_scale = max(x.numel() // scale.numel(), 1)

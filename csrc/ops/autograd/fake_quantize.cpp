@@ -6,6 +6,10 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <optional>
+#include <tuple>
+
 namespace torchqat {
 namespace autograd {
 namespace {
@@ -43,6 +47,45 @@ std::optional<int64_t> saved_axis(AutogradContext* ctx) {
   return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
 }
 
+// The backward operators have autograd kernels of their own, for double backward. Outside
+// create_graph=True (grad mode is off while the engine runs a backward) that kernel would only
+// build an autograd node nobody uses, about a tenth of a small layer's quantizer time: skip it.
+class BelowAutogradUnlessGradMode {
+ public:
+  BelowAutogradUnlessGradMode() {
+    if (!at::GradMode::is_enabled()) guard_.emplace();
+  }
+
+ private:
+  std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
+};
+
+using FakeQuantizeLsqBackwardInplaceSig = std::tuple<at::Tensor, at::Tensor>(
+    at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+    std::optional<int64_t>, double);
+
+c10::TypedOperatorHandle<FakeQuantizeLsqBackwardInplaceSig> fake_quantize_lsq_backward_inplace_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq_backward_", "")
+                       .typed<FakeQuantizeLsqBackwardInplaceSig>();
+  return op;
+}
+
+// Whether the backward may write the input gradient over `grad`: no graph is being built
+// (create_graph=False), nothing else refers to the tensor or its memory (no hook kept it, it is
+// not a user's `gradient=` argument, not a view), and it is a plain dense CPU tensor of the
+// input's dtype (the in-place kernel exists on the CPU only; not a fake, functional or subclass
+// tensor of a tracer).
+bool can_overwrite(const at::Tensor& grad, const at::Tensor& input) {
+  return !at::GradMode::is_enabled() && grad.defined() && grad.use_count() == 1 &&
+         !grad.is_view() && grad.has_storage() && grad.storage().use_count() == 1 &&
+         grad.device().type() == c10::DeviceType::CPU && grad.layout() == at::kStrided &&
+         !grad.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Python,
+                                                      c10::DispatchKey::Functionalize})) &&
+         !grad.is_inference() &&
+         grad.scalar_type() == input.scalar_type() && grad.sizes() == input.sizes();
+}
+
 class FakeQuantize : public torch::autograd::Function<FakeQuantize> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
@@ -63,6 +106,7 @@ class FakeQuantize : public torch::autograd::Function<FakeQuantize> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    const BelowAutogradUnlessGradMode below;
     const at::Tensor dx =
         fake_quantize_backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2],
                 ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt(),
@@ -92,12 +136,26 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
     return op.call(input, scale, zero_point, quant_min, quant_max, axis, grad_factor);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  // grad_outputs by reference: CppNode passes its own list, so moving the gradient out of it
+  // leaves this function the only owner when no hook or caller kept one.
+  static variable_list backward(AutogradContext* ctx, variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    auto [dx, dscale, dzero_point] =
-        fake_quantize_lsq_backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2],
-                ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt(),
-                saved_axis(ctx), ctx->saved_data["grad_factor"].toDouble());
+    const BelowAutogradUnlessGradMode below;
+    at::Tensor grad = std::move(grad_outputs[0]);
+    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
+    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
+    const double grad_factor = ctx->saved_data["grad_factor"].toDouble();
+    at::Tensor dx, dscale, dzero_point;
+    if (can_overwrite(grad, saved[0])) {
+      std::tie(dscale, dzero_point) = fake_quantize_lsq_backward_inplace_op().call(
+          grad, saved[0], saved[1], saved[2], quant_min, quant_max, saved_axis(ctx),
+          grad_factor);
+      dx = std::move(grad);
+    } else {
+      std::tie(dx, dscale, dzero_point) = fake_quantize_lsq_backward_op().call(
+          grad, saved[0], saved[1], saved[2], quant_min, quant_max, saved_axis(ctx),
+          grad_factor);
+    }
     // An integer zero point cannot require grad; report none rather than a float tensor.
     if (!ctx->needs_input_grad(2)) dzero_point = at::Tensor();
     if (!ctx->needs_input_grad(1)) dscale = at::Tensor();
@@ -218,6 +276,39 @@ class FakeQuantizeLsqBackward : public torch::autograd::Function<FakeQuantizeLsq
   }
 };
 
+// clamp_min_ste: the forward is clamp_min, the backward passes the gradient through unchanged.
+class ClampMinSte : public torch::autograd::Function<ClampMinSte> {
+ public:
+  static at::Tensor forward(AutogradContext* /*ctx*/, const at::Tensor& input, double min) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return clamp_min_ste_op().call(input, min);
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, variable_list grad_outputs) {
+    return {grad_outputs[0], at::Tensor()};
+  }
+
+ private:
+  static c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, double)> clamp_min_ste_op() {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("torchqat::clamp_min_ste", "")
+                         .typed<at::Tensor(const at::Tensor&, double)>();
+    return op;
+  }
+};
+
+at::Tensor clamp_min_ste_autograd(const at::Tensor& input, double min) {
+  return ClampMinSte::apply(input, min);
+}
+
+// The forward on every backend (CPU, CUDA, Meta / fake tensors): ATen's clamp_min.
+at::Tensor clamp_min_ste_forward(const at::Tensor& input, double min) {
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              "clamp_min_ste: input must be a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK(std::isfinite(min), "clamp_min_ste: min must be finite, got ", min);
+  return at::clamp_min(input, min);
+}
+
 at::Tensor fake_quantize_autograd(const at::Tensor& input, const at::Tensor& scale,
                                   const at::Tensor& zero_point, int64_t quant_min,
                                   int64_t quant_max, std::optional<int64_t> axis) {
@@ -257,4 +348,9 @@ TORCH_LIBRARY_IMPL(torchqat, Autograd, m) {
   m.impl("fake_quantize_lsq", &torchqat::autograd::fake_quantize_lsq_autograd);
   m.impl("fake_quantize_backward", &torchqat::autograd::fake_quantize_backward_autograd);
   m.impl("fake_quantize_lsq_backward", &torchqat::autograd::fake_quantize_lsq_backward_autograd);
+  m.impl("clamp_min_ste", &torchqat::autograd::clamp_min_ste_autograd);
+}
+
+TORCH_LIBRARY_IMPL(torchqat, CompositeExplicitAutograd, m) {
+  m.impl("clamp_min_ste", &torchqat::autograd::clamp_min_ste_forward);
 }

@@ -1,6 +1,7 @@
 // CPU host wrappers of the fake-quant operators: checks, layout, kernel choice by instruction
 // set, launch. Kernels: fake_quantize_kernels_impl.h. Formulas: csrc/core/fake_quant.h.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -118,6 +119,35 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   return dx.out;
 }
 
+// Runs the LSQ backward kernel of problem `p` into `dx` (input's layout in `p`) and returns the
+// scale and zero-point gradients, already multiplied by grad_factor.
+std::pair<at::Tensor, at::Tensor> lsq_backward_into(const ops::FakeQuantProblem& p, void* dx,
+                                                    const at::Tensor& scale,
+                                                    const at::Tensor& zero_point,
+                                                    int64_t quant_min, int64_t quant_max,
+                                                    double grad_factor) {
+  std::vector<double> dscale(p.channels, 0.0), dzero(p.channels, 0.0);
+  if (p.numel() > 0) {
+    const HostQParams hq(p, quant_min, quant_max);
+    fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                      p.input.const_data_ptr(), dx, shape_of(p), hq.qp,
+                                      dscale.data(), dzero.data());
+  }
+  // Written straight into tensors of the parameters' shapes (not at::tensor(v).to().view():
+  // three allocations and two copies, a visible share of a small layer's backward).
+  const auto as_tensor = [grad_factor](const std::vector<double>& v, const at::Tensor& like,
+                                       at::ScalarType dtype) {
+    at::Tensor t = at::empty(like.sizes(), like.options().dtype(dtype));
+    AT_DISPATCH_FLOATING_TYPES(dtype, "fake_quantize_lsq_backward", [&] {
+      scalar_t* out = t.mutable_data_ptr<scalar_t>();
+      for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<scalar_t>(v[i] * grad_factor);
+    });
+    return t;
+  };
+  return {as_tensor(dscale, scale, scale.scalar_type()),
+          as_tensor(dzero, zero_point, ops::zero_point_grad_dtype(scale, zero_point))};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale,
     const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
@@ -127,25 +157,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
   const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
                                          axis, grad);
   auto dx = ops::make_output(input, p);
-  const auto dz_dtype = ops::zero_point_grad_dtype(scale, zero_point);
-  std::vector<double> dscale(p.channels, 0.0), dzero(p.channels, 0.0);
-  if (p.numel() > 0) {
-    const HostQParams hq(p, quant_min, quant_max);
-    fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
-                                      p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
-                                      shape_of(p), hq.qp, dscale.data(), dzero.data());
-    dx.finish();
+  auto [dscale, dzero] = lsq_backward_into(p, dx.work.mutable_data_ptr(), scale, zero_point,
+                                           quant_min, quant_max, grad_factor);
+  if (p.numel() > 0) dx.finish();
+  return {dx.out, dscale, dzero};
+}
+
+// The same, writing the input gradient over `grad`: the autograd backward calls it when it holds
+// the only reference to `grad`, which saves an allocation and a write-allocate pass over memory.
+std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_backward_inplace_cpu(
+    at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  const char* op = "fake_quantize_lsq_backward_";
+  ops::check_grad_factor(op, grad_factor);
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         axis, grad);
+  if (p.grad.is_same(grad)) {
+    // Each element is read before it is written, at the same index.
+    return lsq_backward_into(p, grad.mutable_data_ptr(), scale, zero_point, quant_min,
+                             quant_max, grad_factor);
   }
-  for (auto& v : dscale) v *= grad_factor;
-  for (auto& v : dzero) v *= grad_factor;
-  const auto as_tensor = [](const std::vector<double>& v, const at::Tensor& like,
-                            at::ScalarType dtype) {
-    return at::tensor(v, at::TensorOptions().dtype(at::kDouble))
-        .to(dtype)
-        .view(like.sizes());
-  };
-  return {dx.out, as_tensor(dscale, scale, scale.scalar_type()),
-          as_tensor(dzero, zero_point, dz_dtype)};
+  // grad's layout differs from the kernel's: compute beside it and copy back.
+  auto dx = ops::make_output(input, p);
+  auto result = lsq_backward_into(p, dx.work.mutable_data_ptr(), scale, zero_point, quant_min,
+                                  quant_max, grad_factor);
+  if (p.numel() > 0) dx.finish();
+  grad.copy_(dx.out);
+  return result;
 }
 
 }  // namespace
@@ -165,4 +204,5 @@ TORCH_LIBRARY_IMPL(torchqat, CPU, m) {
   m.impl("fake_quantize_backward", &torchqat::cpu::fake_quantize_backward_cpu);
   m.impl("fake_quantize_lsq", &torchqat::cpu::fake_quantize_lsq_cpu);
   m.impl("fake_quantize_lsq_backward", &torchqat::cpu::fake_quantize_lsq_backward_cpu);
+  m.impl("fake_quantize_lsq_backward_", &torchqat::cpu::fake_quantize_lsq_backward_inplace_cpu);
 }
