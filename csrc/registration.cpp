@@ -34,6 +34,19 @@ TORCH_LIBRARY(torchqat, m) {
       "int quant_max, "
       "int? axis=None"
       ") -> Tensor");        // grad * mask, input's shape
+  // fake_quantize_backward writing grad * mask over `grad` (returns nothing: functionalization
+  // takes no custom operator that returns an alias of its input). The autograd
+  // backward uses it when it owns the only reference to `grad`.
+  m.def(
+      "fake_quantize_backward_("
+      "Tensor(a!) grad, "    // input's shape and dtype; overwritten with grad * mask
+      "Tensor input, "
+      "Tensor scale, "
+      "Tensor zero_point, "
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None"
+      ") -> ()");
 
   // Fake quantization with learnable scale and zero point (LSQ / LSQ+). Same forward as
   // fake_quantize; the backward also reduces gradients for `scale` and `zero_point`.

@@ -27,8 +27,8 @@ from torch import nn
 
 import torchqat as tq
 import torchqat.int8  # noqa: F401  (tq.int8: quantize, pack_linear, int8_linear)
-from torchqat.export import (export_onnx, export_torchscript, onnxruntime_session,
-                             output_step)
+from torchqat.export import (export_onnx, export_torchscript, onnx_activation_ranges,
+                             onnx_exports_activation_range, onnxruntime_session, output_step)
 from torchqat.nn import QuantModuleMixin
 from torchqat.quantizers import FakeQuantizer
 
@@ -332,6 +332,196 @@ def test_symmetric_int8_activations(tmp_path):
     assert_within_one_step(run_ort(ort_session(path, True), x), expected, output_step(qmodel))
 
 
+# -- activation ranges narrower than their ONNX type (a Clip before QuantizeLinear) ---------------
+
+# Activation specs whose range is inside uint8 / int8 but not all of it: QuantizeLinear alone
+# would saturate at 255 / -128, so the export clamps in float first.
+NARROW_ACTIVATIONS = {
+    "uint7_lsq": tq.QuantSpec(bits=7, symmetric=False, learnable=True),                # [0, 127]
+    "uint4": tq.QuantSpec(bits=4, symmetric=False),                                    # [0, 15]
+    "int8_narrow": tq.QuantSpec(bits=8, symmetric=True, narrow_range=True),        # [-127, 127]
+    "uint7_per_channel": tq.QuantSpec(bits=7, symmetric=False, per_channel=True, axis=-1),
+}
+
+
+def _clip_bounds(quantizer):
+    """``(lo, hi)``: the range ends dequantized, ``(q - z) * s`` in float32."""
+    s, z = quantizer.effective_scale().float(), quantizer.effective_zero_point()
+    return (quantizer.quant_min - z).float() * s, (quantizer.quant_max - z).float() * s
+
+
+@pytest.mark.parametrize("spec_name", list(NARROW_ACTIVATIONS) + ["uint8_full"])
+def test_export_stand_in_is_bit_identical_to_fake_quantizer(spec_name, generator):
+    """The module that replaces an activation FakeQuantizer for export (with its clamp for a
+    narrow range) gives the very floats the FakeQuantizer gives: random data, data far outside
+    the range, exactly at the clamp bounds, one float either side of them, and +-inf."""
+    from torchqat.export import _ExportQDQ
+
+    spec = NARROW_ACTIVATIONS.get(spec_name, tq.QuantSpec(bits=8, symmetric=False))
+    qmodel, _ = calibrated("linear", tq.QATConfig(activation=spec))
+    for layer in (qmodel[0], qmodel[2]):
+        q, n = layer.input_quantizer, layer.in_features
+        stand_in = _ExportQDQ(q, "input_quantizer", 17)
+        assert stand_in.narrow == (spec_name != "uint8_full")
+        lo, hi = (b.expand(n) for b in _clip_bounds(q))   # per-tensor, or per column
+        inf = torch.full((n,), float("inf"))
+        width = float((hi - lo).max())
+        x = torch.cat([
+            torch.randn(64, n, generator=generator) * width,
+            (torch.rand(64, n, generator=generator) * 40 - 20) * width,   # far outside
+            torch.stack([lo, hi, torch.nextafter(lo, -inf), torch.nextafter(lo, inf),
+                         torch.nextafter(hi, -inf), torch.nextafter(hi, inf), 10 * lo - width,
+                         10 * hi + width, -inf, inf]),
+        ])
+        with torch.no_grad():
+            want = q(x)
+            got = stand_in(x)
+        assert torch.equal(got, want), (got - want).abs().max()
+        # The bounds are the values the quantizer clamps to.
+        assert torch.equal(want[-2], lo) and torch.equal(want[-1], hi)
+
+
+# (spec, dynamo): both exporters for a per-tensor and a per-channel range, the TorchScript one
+# (fast) for the others.
+NARROW_EXPORTS = [pytest.param(name, False, id=f"{name}-torchscript")
+                  for name in NARROW_ACTIVATIONS] + \
+    [pytest.param(name, True, id=f"{name}-dynamo", marks=pytest.mark.slow)
+     for name in ("uint7_lsq", "uint7_per_channel")]
+
+
+@pytest.mark.parametrize("spec_name, dynamo", NARROW_EXPORTS)
+def test_narrow_activation_range_exports_with_clip(tmp_path, spec_name, dynamo):
+    """A 7-bit, 4-bit or [-127, 127] activation exports as Clip -> QuantizeLinear ->
+    DequantizeLinear (per channel: Max -> Min, whose bounds broadcast along the axis), and ONNX
+    Runtime agrees with the QAT model (and tq.convert's INT8 model) within one output step also
+    on inputs 10 times the calibrated range, where the quantizers clamp: without the clamp,
+    QuantizeLinear would saturate at its type's end instead (255 or -128), far more than a
+    step away."""
+    spec = NARROW_ACTIVATIONS[spec_name]
+    qmodel, shape = calibrated("linear", tq.QATConfig(activation=spec))
+    path = tmp_path / "m.onnx"
+    proto = export_onnx(qmodel, torch.randn(2, *shape), path, opset=18 if dynamo else 17,
+                        dynamo=dynamo)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    inits, nodes, attrs = _graph_facts(proto)
+    ops = [n.op_type for n in nodes]
+    # One clamp per input quantizer (the linear model has two), to the dequantized range ends.
+    # (Its ReLU exports as Relu, which the dynamo exporter's optimiser may merge into the Clip
+    # that follows: Clip(Relu(x), lo, hi) = Clip(x, max(lo, 0), hi). So lo is not compared
+    # per-tensor.)
+    constants = dict(inits, **{n.output[0]: numpy_helper.to_array(a["value"])
+                               for n, a in zip(nodes, attrs) if n.op_type == "Constant"})
+    quantizers = [qmodel[0].input_quantizer, qmodel[2].input_quantizer]
+    lows, highs = zip(*(_clip_bounds(q) for q in quantizers))
+
+    def bounds(op_type, k):
+        return sorted((torch.tensor(constants[n.input[k]]).flatten() for n in nodes
+                       if n.op_type == op_type), key=len)
+
+    def same(got, want):
+        return len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+    if spec.per_channel:
+        assert ops.count("Clip") == 0 and ops.count("Max") == 2 and ops.count("Min") == 2
+        assert same(bounds("Max", 1), list(lows)) and same(bounds("Min", 1), list(highs))
+    else:
+        assert ops.count("Clip") == 2 and "Max" not in ops and "Min" not in ops
+        assert sorted(float(b) for b in bounds("Clip", 2)) == sorted(float(h) for h in highs)
+    q_types = {inits[n.input[2]].dtype.name for n in nodes if n.op_type == "QuantizeLinear"}
+    assert q_types == {"int8" if spec.symmetric else "uint8"}
+
+    expected_models = [qmodel] + ([tq.convert(qmodel).eval()] if hasattr(tq, "convert") else [])
+    tau = output_step(qmodel)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(16, *shape, generator=g)
+    for optimize in (False, True):
+        session = ort_session(path, optimize)
+        for scale in (1, 10):
+            got = run_ort(session, x * scale)
+            for model in expected_models:
+                with torch.no_grad():
+                    expected = model(x * scale)
+                assert_within_one_step(got, expected, tau, sparse=not optimize)
+
+    # Where the first quantizer clamps, ONNX Runtime's dequantized input of the first layer is
+    # exactly the range end (a [-127, 127] activation without the clamp would be one step off
+    # there, within the output bound above), and elsewhere within one step of torchqat's.
+    dq = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] not in inits)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(dq.output[0],
+                                                                 onnx.TensorProto.FLOAT, None))
+    onnx.save(probe, str(tmp_path / "probe.onnx"))
+    session = ort_session(tmp_path / "probe.onnx", optimize=False)
+    x10 = x * 10
+    got = torch.from_numpy(session.run([dq.output[0]], {session.get_inputs()[0].name:
+                                                        x10.numpy()})[0])
+    fq = qmodel[0].input_quantizer
+    lo, hi = _clip_bounds(fq)
+    with torch.no_grad():
+        want = fq(x10)
+    clamped = (x10 < lo) | (x10 > hi)
+    assert clamped.float().mean() > 0.5
+    assert torch.equal(got[clamped], want[clamped])
+    assert ((got - want).abs() <= fq.effective_scale() * 1.001).all()
+
+
+def test_narrow_per_channel_activation_clamps_along_channels(tmp_path):
+    """Per-channel 7-bit activations on NCHW convolution inputs (axis 1): Max / Min bounds of
+    shape [1, C, 1, 1], and ONNX Runtime agrees on inputs 10 times the calibrated range."""
+    spec = tq.QuantSpec(bits=7, symmetric=False, per_channel=True, axis=1)
+    qmodel, shape = calibrated("conv_bn_silu", tq.QATConfig(activation=spec))
+    path = tmp_path / "m.onnx"
+    proto = export_onnx(qmodel, torch.randn(2, *shape), path, dynamo=False, opset=17)
+    inits, nodes, _ = _graph_facts(proto)
+    channels = sorted(m.in_channels for m in qmodel.modules() if isinstance(m, QuantModuleMixin))
+    for op_type in ("Max", "Min"):
+        shapes = sorted(inits[n.input[1]].shape for n in nodes if n.op_type == op_type)
+        assert shapes == [(1, c, 1, 1) for c in channels]
+    assert not any(n.op_type == "Clip" for n in nodes)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(4)) * 10
+    with torch.no_grad():
+        expected = qmodel(x)
+    for optimize in (False, True):
+        assert_within_one_step(run_ort(ort_session(path, optimize), x), expected,
+                               output_step(qmodel), sparse=not optimize)
+
+
+@pytest.mark.parametrize("dynamo", [pytest.param(True, id="dynamo", marks=pytest.mark.slow),
+                                    pytest.param(False, id="torchscript")])
+def test_full_range_activations_add_no_clip(tmp_path, dynamo):
+    """A [0, 255] activation is QuantizeLinear's own saturation: no clamp is added. The only
+    Clip in the graph is the float model's ReLU6."""
+    qmodel, shape = calibrated("linear")
+    qmodel[1] = nn.ReLU6()
+    proto = export_onnx(qmodel, torch.randn(2, *shape), tmp_path / "m.onnx",
+                        opset=18 if dynamo else 17, dynamo=dynamo)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == 2
+    assert ops.count("Clip") == 1 and "Max" not in ops and "Min" not in ops
+
+
+def test_onnx_exports_activation_range():
+    """Any range inside uint8 / int8 exports from opset 13, inside int16 from opset 21."""
+    fits = onnx_exports_activation_range
+    for qrange in [(0, 255), (-128, 127), (0, 127), (0, 15), (-127, 127), (-8, 7), (3, 4)]:
+        assert fits(*qrange, 13) and fits(*qrange, 21), qrange
+    for qrange in [(-32768, 32767), (0, 511), (-255, 255), (-129, 0)]:
+        assert not fits(*qrange, 20) and fits(*qrange, 21), qrange
+    for qrange in [(0, 65535), (-40000, 0), (0, 2 ** 31 - 1)]:
+        assert not fits(*qrange, 21), qrange
+    assert not fits(0, 255, 12)
+    # The full type ranges, which export without a Clip, are unchanged.
+    assert onnx_activation_ranges(13) == [(0, 255), (-128, 127)]
+    assert onnx_activation_ranges(21)[-1] == (-32768, 32767)
+    with pytest.raises(ValueError, match=r"onnx_exports_activation_range: quant_min must be "
+                                         r"<= quant_max, got \[5, 4\]"):
+        fits(5, 4, 13)
+    with pytest.raises(ValueError, match=r"onnx_exports_activation_range: opset must be an "
+                                         r"integer, got 17.0"):
+        fits(0, 255, 17.0)
+
+
 def test_pass_through_quantizer_is_left_in_float(tmp_path, caplog):
     qmodel, shape = calibrated("linear")
     qmodel[0].input_quantizer.set_mode("pass_through")
@@ -390,6 +580,47 @@ def test_raw_fake_quantize_call_is_translated(tmp_path):
                            sparse=True)
 
 
+@pytest.mark.slow
+def test_raw_fake_quantize_call_with_narrow_range_is_clipped(tmp_path):
+    """Raw torchqat.fake_quantize / fake_quantize_lsq calls with ranges narrower than their ONNX
+    type (per-tensor [0, 127] and [0, 15], per-channel [-127, 127]) clamp in the graph first,
+    with bounds computed there from the (rounded, clamped) zero point and the scale."""
+
+    class RawNarrow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.tensor([0.05]))
+            self.register_buffer("zero_point", torch.tensor([3], dtype=torch.int32))
+            self.lsq_scale = nn.Parameter(torch.tensor([0.03]))
+            self.lsq_zero_point = nn.Parameter(torch.tensor([5.5]))
+            self.channel_scale = nn.Parameter(torch.full((4,), 0.02))
+            self.channel_zero_point = nn.Parameter(torch.tensor([-1.4, 0.5, 2.5, 0.0]))
+
+        def forward(self, x):
+            y = tq.fake_quantize(x, self.scale, self.zero_point, 0, 127)
+            y = tq.fake_quantize_lsq(y * 2 - 1, self.lsq_scale, self.lsq_zero_point, 0, 15)
+            return tq.fake_quantize_lsq(y * 2, self.channel_scale, self.channel_zero_point, -127,
+                                        127, 1)
+
+    qmodel, _ = calibrated("linear")
+    model = nn.Sequential(RawNarrow(), nn.Flatten(), qmodel).eval()
+    x = torch.randn(16, 4, 8, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "raw.onnx"
+    proto = export_onnx(model, x[:3], path)
+    inits = {t.name for t in proto.graph.initializer}
+    ops = [n.op_type for n in proto.graph.node]
+    # (Clips of learnable zero points on constants are folded by the exporter's optimiser.)
+    assert sum(n.op_type == "Clip" and n.input[0] not in inits for n in proto.graph.node) == 2
+    assert ops.count("Max") == 1 and ops.count("Min") == 1 and ops.count("QuantizeLinear") == 5
+    for optimize in (False, True):
+        session = ort_session(path, optimize)
+        for scale in (1, 10):
+            with torch.no_grad():
+                expected = model(x * scale)
+            assert_within_one_step(run_ort(session, x * scale), expected, output_step(qmodel),
+                                   sparse=not optimize)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -414,16 +645,19 @@ def test_model_without_quantizers_is_refused(tmp_path):
         export_onnx(nn.Linear(4, 4), torch.randn(2, 4), tmp_path / "m.onnx", dynamo=False)
 
 
-@pytest.mark.parametrize("bits, symmetric, narrow", [(4, False, False), (6, True, False),
-                                                     (8, True, True), (16, False, False)])
-def test_activation_without_exact_onnx_range_is_refused(tmp_path, bits, symmetric, narrow):
-    config = tq.QATConfig(activation=tq.QuantSpec(bits=bits, symmetric=symmetric,
-                                                  narrow_range=narrow))
+@pytest.mark.parametrize("bits, symmetric, opset", [(16, False, 17), (16, False, 21),
+                                                    (16, True, 18), (9, False, 17)])
+def test_activation_range_without_onnx_type_is_refused(tmp_path, bits, symmetric, opset):
+    """A range inside no ONNX type QuantizeLinear outputs at the opset: uint16 never (torch has
+    no uint16 kernels), int16 (which holds 9 bits) below opset 21."""
+    config = tq.QATConfig(activation=tq.QuantSpec(bits=bits, symmetric=symmetric))
     qmodel, shape = calibrated("linear", config)
     spec = config.activation
-    with pytest.raises(ValueError, match=rf"activation range \[{spec.quant_min}, "
-                                         rf"{spec.quant_max}\].*opset 17"):
-        export_onnx(qmodel, torch.randn(2, *shape), tmp_path / "m.onnx", opset=17, dynamo=False)
+    with pytest.raises(ValueError, match=rf"0\.input_quantizer: activation range "
+                                         rf"\[{spec.quant_min}, {spec.quant_max}\].*opset {opset}"):
+        export_onnx(qmodel, torch.randn(2, *shape), tmp_path / "m.onnx", opset=opset,
+                    dynamo=opset > 20)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_sixteen_bit_weights_need_opset_21(tmp_path):

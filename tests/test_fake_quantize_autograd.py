@@ -253,79 +253,108 @@ def test_torch_compile_fullgraph(device, generator, backend, layout):
 
 
 # ---------------------------------------------------------------------------------------------
-# The in-place LSQ backward: the autograd backward writes the input gradient over the incoming
-# gradient when it holds the only reference to it (CPU). Every path must give the functional
-# operator's results, and a gradient someone else can see must never change.
+# The in-place backward operators: the autograd backward writes the input gradient over the
+# incoming gradient when it holds the only reference to it (CPU). Every path must give the
+# functional operator's results, and a gradient someone else can see must never change.
+
+# (forward, functional backward, in-place backward, extra forward arguments)
+_BACKWARDS = {
+    "ste": (ops.fake_quantize, ops.fake_quantize_backward, ops.fake_quantize_backward_, ()),
+    "lsq": (ops.fake_quantize_lsq, ops.fake_quantize_lsq_backward,
+            ops.fake_quantize_lsq_backward_, (0.5,)),
+}
 
 
-def _lsq_backward_ops_in(fn):
-    """The torchqat LSQ backward operators that running ``fn`` calls."""
+def _backward_ops_in(fn):
+    """The torchqat backward operators that running ``fn`` calls."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
-    return {e.name for e in prof.events() if e.name.startswith("torchqat::fake_quantize_lsq_b")}
+    return {e.name for e in prof.events()
+            if e.name.startswith("torchqat::") and "backward" in e.name}
 
 
+def _zero_point_for(kind, z):
+    return z if kind == "lsq" else z.detach().round().to(torch.int32)
+
+
+@pytest.mark.parametrize("kind", ["ste", "lsq"])
 @pytest.mark.parametrize("axis", [None, 1])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
-def test_inplace_lsq_backward_op_equals_functional(generator, axis, layout):
+def test_inplace_backward_op_equals_functional(generator, kind, axis, layout):
+    _, functional, inplace, extra = _BACKWARDS[kind]
     g, x, s, z, qmin, qmax = _opcheck_args(axis, layout, "cpu", generator, False)
-    expected = ops.fake_quantize_lsq_backward(g, x, s, z, qmin, qmax, axis, 0.5)
+    z = _zero_point_for(kind, z)
+    expected = functional(g, x, s, z, qmin, qmax, axis, *extra)
     grad = with_layout(g.clone(), layout)   # its own memory, in the layout under test
     strides = grad.stride()
-    dscale, dzero = ops.fake_quantize_lsq_backward_(grad, x, s, z, qmin, qmax, axis, 0.5)
-    assert torch.equal(grad, expected[0])
-    assert torch.equal(dscale, expected[1]) and torch.equal(dzero, expected[2])
+    out = inplace(grad, x, s, z, qmin, qmax, axis, *extra)
+    if kind == "lsq":
+        assert torch.equal(grad, expected[0])
+        assert torch.equal(out[0], expected[1]) and torch.equal(out[1], expected[2])
+    else:
+        assert torch.equal(grad, expected) and out is None
     assert grad.stride() == strides
 
 
+@pytest.mark.parametrize("kind", ["ste", "lsq"])
 @pytest.mark.parametrize("axis", [None, 1])
-def test_inplace_lsq_backward_opcheck(generator, axis):
+def test_inplace_backward_opcheck(generator, kind, axis):
+    _, _, inplace, extra = _BACKWARDS[kind]
     g, x, s, z, qmin, qmax = _opcheck_args(axis, "contiguous", "cpu", generator, False)
-    opcheck(ops.fake_quantize_lsq_backward_.default, (g, x, s, z, qmin, qmax, axis, 0.5))
+    opcheck(inplace.default, (g, x, s, _zero_point_for(kind, z), qmin, qmax, axis, *extra))
 
 
+@pytest.mark.parametrize("kind", ["ste", "lsq"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
-def test_autograd_overwrites_only_a_gradient_nobody_else_holds(generator, layout):
+def test_autograd_overwrites_only_a_gradient_nobody_else_holds(generator, kind, layout):
+    forward, functional, _, extra = _BACKWARDS[kind]
     x, s, z, dy = _lsq_problem("cpu", generator, (2, 6, 5, 3), 1)
+    z = _zero_point_for(kind, z)
     x, dy = with_layout(x, layout), with_layout(dy, layout)
     w = torch.randn(x.shape, generator=generator)
+    learnable = kind == "lsq"
+
+    def leaves():
+        return (x.detach().clone().requires_grad_(), s.detach().clone().requires_grad_(learnable),
+                z.detach().clone().requires_grad_(learnable))
 
     def run(keep_gradient):
-        xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
-        y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
+        xs, ss, zs = leaves()
+        y = forward(xs, ss, zs, -128, 127, 1, *extra)
         kept = []
         if keep_gradient:
             y.register_hook(kept.append)
         # The gradient reaching the operator is (y * w)'s backward: a fresh tensor.
         ((y * w).sum()).backward()
-        return xs.grad, ss.grad, zs.grad, kept
+        return [t.grad for t in (xs, ss, zs) if t.requires_grad], kept
 
-    expected = ops.fake_quantize_lsq_backward(w, x, s, z, -128, 127, 1, 0.5)
-    dx, ds, dz, _ = run(keep_gradient=False)
-    assert torch.equal(dx, expected[0]) and torch.equal(ds, expected[1])
-    assert torch.equal(dz, expected[2])
+    expected = functional(w, x, s, z, -128, 127, 1, *extra)
+    expected = list(expected) if learnable else [expected]
+    grads, _ = run(keep_gradient=False)
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected, strict=True))
     # A hook that keeps the incoming gradient must find it unchanged afterwards.
-    dx2, ds2, dz2, kept = run(keep_gradient=True)
+    grads2, kept = run(keep_gradient=True)
     assert torch.equal(kept[0], w)
-    assert torch.equal(dx2, dx) and torch.equal(ds2, ds) and torch.equal(dz2, dz)
+    assert all(torch.equal(a, b) for a, b in zip(grads2, expected, strict=True))
     # So must a caller's own `gradient=` tensor.
-    xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
+    xs, ss, zs = leaves()
     gradient = dy.clone()
-    ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5).backward(gradient)
+    forward(xs, ss, zs, -128, 127, 1, *extra).backward(gradient)
     assert torch.equal(gradient, dy)
 
 
-def test_autograd_takes_the_inplace_backward_when_it_may(generator):
+@pytest.mark.parametrize("kind", ["ste", "lsq"])
+def test_autograd_takes_the_inplace_backward_when_it_may(generator, kind):
     # Fails if the optimisation silently stops applying (e.g. a reference kept by the node).
+    forward, functional, inplace, extra = _BACKWARDS[kind]
     x, s, z, _ = _lsq_problem("cpu", generator, (2, 6, 5, 3), 1)
-    xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, s, z))
-    y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
-    assert _lsq_backward_ops_in(lambda: (y * 2.0).sum().backward()) == \
-        {"torchqat::fake_quantize_lsq_backward_"}
-    y = ops.fake_quantize_lsq(xs, ss, zs, -128, 127, 1, 0.5)
+    z = _zero_point_for(kind, z)
+    xs = x.detach().clone().requires_grad_()
+    y = forward(xs, s, z, -128, 127, 1, *extra)
+    assert _backward_ops_in(lambda: (y * 2.0).sum().backward()) == {inplace.default.name()}
+    y = forward(xs, s, z, -128, 127, 1, *extra)
     gradient = torch.ones_like(y)
-    assert _lsq_backward_ops_in(lambda: y.backward(gradient)) == \
-        {"torchqat::fake_quantize_lsq_backward"}
+    assert _backward_ops_in(lambda: y.backward(gradient)) == {functional.default.name()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,6 +101,13 @@ def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, 
     )
 
 
+@torch.library.register_fake("torchqat::fake_quantize_backward_")
+def _fake_quantize_backward_inplace_fake(grad, input, scale, zero_point, quant_min, quant_max,
+                                         axis=None):
+    _check_devices("fake_quantize_backward_", input, grad=grad, scale=scale,
+                   zero_point=zero_point)
+
+
 @torch.library.register_fake("torchqat::fake_quantize_lsq_backward_")
 def _fake_quantize_lsq_backward_inplace_fake(grad, input, scale, zero_point, quant_min,
                                              quant_max, axis=None, grad_factor=1.0):

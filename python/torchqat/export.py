@@ -5,7 +5,10 @@ trained) as an ONNX "QDQ" graph, the form ONNX Runtime, TensorRT and OpenVINO re
 model:
 
 - every activation fake-quantizer becomes ``QuantizeLinear -> DequantizeLinear`` with the
-  quantizer's scale and zero point (uint8 for ``[0, 255]``, int8 for ``[-128, 127]``);
+  quantizer's scale and zero point (uint8 for a range inside ``[0, 255]``, int8 inside
+  ``[-128, 127]``, int16 from opset 21); a range narrower than its type's (7 or 4 bits,
+  ``[-127, 127]``) is clamped first by a ``Clip`` (per-channel: ``Max`` / ``Min``) to the
+  dequantized range ends, which makes the graph clamp exactly where the QAT model clamps;
 - every weight fake-quantizer is folded: the graph holds the int8 weight codes as an initializer
   (the very integers QAT trained, computed with torchqat's own ``quantize``) and one
   ``DequantizeLinear`` with the per-channel scales on ``axis`` (0 for Conv/Linear weights);
@@ -19,7 +22,8 @@ zero point (or returns the dequantized int8 weight). Those two operators are tra
 exporter, ``torch.export`` + onnxscript) through ``custom_translation_table``; with
 ``dynamo=False`` (the TorchScript exporter torch deprecates but still ships) through
 ``register_custom_op_symbolic``. Raw ``torch.ops.torchqat.fake_quantize`` /
-``fake_quantize_lsq`` calls outside a ``FakeQuantizer`` are translated too (dynamo only). See
+``fake_quantize_lsq`` calls outside a ``FakeQuantizer`` are translated too (dynamo only; a
+narrow range there is clipped with bounds computed in the graph). See
 ``docs/export_onnx.md`` for why this design, the tolerance against the QAT model, and the limits.
 
 ``export_torchscript(int8_model, path, example_inputs)`` scripts and saves a converted INT8 model,
@@ -43,17 +47,18 @@ from ._ops import _quantized_dtype
 from .nn.quant_module import QuantModuleMixin
 from .quantizers import FakeQuantizer
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges", "onnxruntime_session",
-           "output_step"]
+__all__ = ["export_onnx", "export_torchscript", "onnx_activation_ranges",
+           "onnx_exports_activation_range", "onnxruntime_session", "output_step"]
 
 logger = logging.getLogger("torchqat")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Activation ranges a ``QuantizeLinear`` represents exactly, by the opset that introduced the
-#: element type: QuantizeLinear saturates to its output type's range, so an activation range must
-#: be the whole range of an ONNX integer type (a 6-bit or narrow-range activation would not clamp
-#: where the QAT model clamps).
+#: The ONNX integer types an activation ``QuantizeLinear`` may output: their full ranges, with the
+#: type's name and the opset that introduced it. QuantizeLinear saturates to its type's range, so
+#: an activation range inside one of these but narrower than it (7 or 4 bits, ``[-127, 127]``) is
+#: exported with a float clamp in front (see ``_ExportQDQ``). Listed in the order a range picks
+#: its type, the order ``torchqat.quantize`` picks its output dtype in.
 _ACTIVATION_TYPES: Dict[Tuple[int, int], Tuple[str, int]] = {
     (0, 255): ("uint8", 13),
     (-128, 127): ("int8", 13),
@@ -65,10 +70,40 @@ _MAX_TORCHSCRIPT_OPSET = 20
 
 
 def onnx_activation_ranges(opset: int) -> List[Tuple[int, int]]:
-    """The activation ranges ``(quant_min, quant_max)`` that :func:`export_onnx` can write at
-    ``opset``: ``[(0, 255), (-128, 127)]`` from opset 13, plus int16 ``(-32768, 32767)`` from
-    opset 21."""
+    """The full ranges ``(quant_min, quant_max)`` of the ONNX integer types an activation
+    ``QuantizeLinear`` can output at ``opset``: ``[(0, 255), (-128, 127)]`` from opset 13, plus
+    int16 ``(-32768, 32767)`` from opset 21.
+
+    :func:`export_onnx` writes these as a bare ``QuantizeLinear -> DequantizeLinear`` pair, and
+    any range inside one of them (7 or 4 bits, ``(-127, 127)``) with a ``Clip`` in front; use
+    :func:`onnx_exports_activation_range` to ask whether a range exports."""
     return [r for r, (_, since) in _ACTIVATION_TYPES.items() if opset >= since]
+
+
+def _activation_type_range(quant_min: int, quant_max: int,
+                           opset: int) -> Optional[Tuple[int, int]]:
+    """The full range of the first ONNX type (``_ACTIVATION_TYPES``' order) at ``opset`` that
+    holds ``[quant_min, quant_max]``, or None."""
+    for (lo, hi), (_, since) in _ACTIVATION_TYPES.items():
+        if opset >= since and lo <= quant_min and quant_max <= hi:
+            return lo, hi
+    return None
+
+
+def onnx_exports_activation_range(quant_min: int, quant_max: int, opset: int) -> bool:
+    """Whether :func:`export_onnx` can write an activation quantizer with integer range
+    ``[quant_min, quant_max]`` at ``opset``: the range must lie inside uint8 ``[0, 255]`` or int8
+    ``[-128, 127]`` (from opset 13), or int16 ``[-32768, 32767]`` (from opset 21). A range
+    narrower than its type's is exported exactly with a ``Clip`` before the ``QuantizeLinear``.
+    """
+    for name, value in (("quant_min", quant_min), ("quant_max", quant_max), ("opset", opset)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"onnx_exports_activation_range: {name} must be an integer, "
+                             f"got {value!r}")
+    if quant_min > quant_max:
+        raise ValueError(f"onnx_exports_activation_range: quant_min must be <= quant_max, got "
+                         f"[{quant_min}, {quant_max}]")
+    return _activation_type_range(quant_min, quant_max, opset) is not None
 
 
 # -- the modules that stand in for FakeQuantizers during export -----------------------------------
@@ -80,14 +115,18 @@ def _integer_zero_point(quantizer: FakeQuantizer, dtype: torch.dtype) -> torch.T
 
 class _ExportQDQ(nn.Module):
     """``dequantize(quantize(x))`` with frozen quantization parameters: exported as
-    ``QuantizeLinear -> DequantizeLinear``. Bit-identical to the ``FakeQuantizer`` it replaces
-    (the same operators compute both)."""
+    ``QuantizeLinear -> DequantizeLinear``, with a clamp in front for a range narrower than its
+    ONNX type's. Bit-identical to the ``FakeQuantizer`` it replaces (the same operators compute
+    both; the clamp changes no code, see ``forward``)."""
 
-    def __init__(self, quantizer: FakeQuantizer, name: str) -> None:
+    def __init__(self, quantizer: FakeQuantizer, name: str, opset: int) -> None:
         super().__init__()
-        qrange = (quantizer.quant_min, quantizer.quant_max)
-        dtype = {(0, 255): torch.uint8, (-128, 127): torch.int8,
-                 (-32768, 32767): torch.int16}[qrange]
+        qmin, qmax = quantizer.quant_min, quantizer.quant_max
+        type_range = _activation_type_range(qmin, qmax, opset)
+        # _collect_quantizers refused the rest; the type is the one torchqat.quantize returns,
+        # so the traced dtype and the ONNX QuantizeLinear's output type agree.
+        dtype = _quantized_dtype(qmin, qmax)
+        assert type_range is not None and dtype == _quantized_dtype(*type_range), (qmin, qmax)
         scale = quantizer.effective_scale().float()
         zero_point = _integer_zero_point(quantizer, dtype)
         if quantizer.axis is None:
@@ -95,18 +134,47 @@ class _ExportQDQ(nn.Module):
             scale, zero_point = scale.reshape(()), zero_point.reshape(())
         self.register_buffer("scale", scale.clone())
         self.register_buffer("zero_point", zero_point.clone())
-        self.quant_min: int = quantizer.quant_min
-        self.quant_max: int = quantizer.quant_max
+        self.quant_min: int = qmin
+        self.quant_max: int = qmax
         self.axis: Optional[int] = quantizer.axis
         self.source = name
+        # The range ends dequantized, (q - z) * s in float32 as torchqat.dequantize forms them:
+        # the values torchqat's clamp gives below and above the range.
+        z = zero_point.to(torch.int32)
+        self.narrow: bool = (qmin, qmax) != type_range
+        self.register_buffer("clip_min", ((qmin - z).float() * scale).clone())
+        self.register_buffer("clip_max", ((qmax - z).float() * scale).clone())
+        # Per-tensor bounds as Python floats: torch.clamp with scalars exports as ONNX Clip in
+        # both exporters (tensor bounds export as Max / Min, which per-channel bounds need).
+        per_tensor = quantizer.axis is None
+        self.clip_min_value: float = float(self.clip_min) if per_tensor else -float("inf")
+        self.clip_max_value: float = float(self.clip_max) if per_tensor else float("inf")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.narrow:
+            # QuantizeLinear saturates to its type's range only, so a narrower range is clamped
+            # in float first, to lo = (qmin - z) * s and hi = (qmax - z) * s. Exact: for x < lo
+            # the clamp gives lo, and lo / s (ONNX) or lo * (1/s) (torchqat) is within float
+            # rounding of the integer qmin - z (|qmin - z| <= 2^16, so far less than half a step
+            # away), so it rounds to qmin - z and quantizes to qmin, which is what torchqat's own
+            # clamp gives x (x * (1/s) <= lo * (1/s) rounds to at most qmin - z); inside
+            # [lo, hi] nothing changes; likewise above hi. NaN passes the clamp as it is.
+            if self.axis is None:
+                x = torch.clamp(x, self.clip_min_value, self.clip_max_value)
+            else:
+                shape = [1] * x.dim()
+                shape[self.axis] = -1
+                x = torch.clamp(x, self.clip_min.reshape(shape), self.clip_max.reshape(shape))
         q = torch.ops.torchqat.quantize(x, self.scale, self.zero_point, self.quant_min,
                                         self.quant_max, self.axis)
         return torch.ops.torchqat.dequantize(q, self.scale, self.zero_point, self.axis)
 
     def extra_repr(self) -> str:
-        return f"{self.source}: range=[{self.quant_min}, {self.quant_max}], axis={self.axis}"
+        clip = (f", clip=[{self.clip_min_value:.6g}, {self.clip_max_value:.6g}]"
+                if self.narrow and self.axis is None else ", clip=per-channel" if self.narrow
+                else "")
+        return (f"{self.source}: range=[{self.quant_min}, {self.quant_max}], axis={self.axis}"
+                f"{clip}")
 
 
 class _ExportFoldedWeight(nn.Module):
@@ -201,14 +269,12 @@ def _collect_quantizers(fn: str, model: nn.Module, opset: int):
             else:
                 weights.append((name, q, weight_owner[id(q)]))
         else:
-            qrange = (q.quant_min, q.quant_max)
-            if qrange not in allowed:
+            if _activation_type_range(q.quant_min, q.quant_max, opset) is None:
                 problems.append(
                     f"{name}: activation range [{q.quant_min}, {q.quant_max}] "
-                    f"({q.spec.describe()}) is not the full range of an ONNX integer type at "
-                    f"opset {opset} (allowed: {', '.join(str(list(r)) for r in allowed)}); "
-                    "QuantizeLinear saturates to its type's range, so the exported model would "
-                    "not clamp where the QAT model does")
+                    f"({q.spec.describe()}) fits no ONNX integer type QuantizeLinear outputs at "
+                    f"opset {opset} (ranges inside {' or '.join(str(list(r)) for r in allowed)}"
+                    f"{'' if opset >= 21 else '; int16 [-32768, 32767] from opset 21'})")
             else:
                 activations.append((name, q))
     if problems:
@@ -235,7 +301,7 @@ def _export_copy(fn: str, qat_model: nn.Module, opset: int) -> Tuple[nn.Module, 
         folded = _ExportFoldedWeight(q, owner.weight_to_quantize(), name)
         _replace_module(model, name, folded)
     for name, q in activations:
-        _replace_module(model, name, _ExportQDQ(q, name))
+        _replace_module(model, name, _ExportQDQ(q, name, opset))
     for name in passing:
         _replace_module(model, name, nn.Identity())
 
@@ -245,7 +311,8 @@ def _export_copy(fn: str, qat_model: nn.Module, opset: int) -> Tuple[nn.Module, 
     summary = {
         "weights": Counter(f"{str(m.codes.dtype).replace('torch.', '')} {kind(m)}"
                            for m in model.modules() if isinstance(m, _ExportFoldedWeight)),
-        "activations": Counter(f"{str(m.zero_point.dtype).replace('torch.', '')} {kind(m)}"
+        "activations": Counter(f"{str(m.zero_point.dtype).replace('torch.', '')} {kind(m)}" +
+                               (f" clipped to [{m.quant_min}, {m.quant_max}]" if m.narrow else "")
                                for m in model.modules() if isinstance(m, _ExportQDQ)),
         "pass_through": passing,
     }
@@ -270,6 +337,10 @@ def _dynamo_translation_table(opset: int) -> Dict[Any, Any]:
     def axis_kw(axis: Optional[int]) -> Dict[str, int]:
         return {} if axis is None else {"axis": axis}
 
+    def shape_constant(dims: List[int]):
+        # An int64 tensor (value_ints=[] would leave the attribute's type ambiguous).
+        return op.Constant(value=ir.tensor(dims, dtype=ir.DataType.INT64))
+
     def quantize(x, scale, zero_point, quant_min: int, quant_max: int, axis: Optional[int] = None):
         zp = zero_point
         target = onnx_type(quant_min, quant_max)
@@ -286,24 +357,45 @@ def _dynamo_translation_table(opset: int) -> Dict[Any, Any]:
     def fake_quantize(x, scale, zero_point, quant_min: int, quant_max: int,
                       axis: Optional[int] = None, grad_factor: float = 1.0):
         # A raw operator call outside a FakeQuantizer: qparams are graph values here.
-        if (quant_min, quant_max) not in onnx_activation_ranges(opset):
+        type_range = _activation_type_range(quant_min, quant_max, opset)
+        if type_range is None:
             raise ValueError(
-                f"export_onnx: torchqat.fake_quantize with range [{quant_min}, {quant_max}] has "
-                f"no exact QuantizeLinear at opset {opset}")
+                f"export_onnx: torchqat.fake_quantize with range [{quant_min}, {quant_max}] fits "
+                f"no ONNX integer type QuantizeLinear outputs at opset {opset}")
+        narrow = (quant_min, quant_max) != type_range
+        rank = None if x.shape is None else len(x.shape)
+        if narrow and axis is not None and rank is None:
+            raise ValueError(
+                f"export_onnx: torchqat.fake_quantize with the narrow range [{quant_min}, "
+                f"{quant_max}] per channel (axis={axis}) on an input of unknown rank: its clamp "
+                "bounds cannot be shaped to broadcast along the axis")
         target = onnx_type(quant_min, quant_max)
-        zp = zero_point
-        if zp.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16,
-                        ir.DataType.DOUBLE):
+        zp_float = op.Cast(zero_point, to=ir.DataType.FLOAT)
+        if zero_point.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16,
+                                ir.DataType.DOUBLE):
             # A learnable zero point is used as clamp(round_half_even(z)); ONNX Round is
             # half-to-even too.
-            zp = op.Clip(op.Round(op.Cast(zp, to=ir.DataType.FLOAT)),
-                         op.Constant(value_float=float(quant_min)),
-                         op.Constant(value_float=float(quant_max)))
-        zp = op.Cast(zp, to=target)
+            zp_float = op.Clip(op.Round(zp_float), op.Constant(value_float=float(quant_min)),
+                               op.Constant(value_float=float(quant_max)))
         scale = op.Cast(scale, to=ir.DataType.FLOAT)
         if axis is None:
-            scale = op.Reshape(scale, op.Constant(value_ints=[]))
-            zp = op.Reshape(zp, op.Constant(value_ints=[]))
+            scale = op.Reshape(scale, shape_constant([]))
+            zp_float = op.Reshape(zp_float, shape_constant([]))
+        zp = op.Cast(zp_float, to=target)
+        if narrow:
+            # QuantizeLinear saturates to its type's range only: clamp first to the dequantized
+            # range ends (qmin - z) * s and (qmax - z) * s, exact as in _ExportQDQ.forward.
+            # Per-tensor: Clip with scalar bounds; per-channel: Max / Min with bounds of shape
+            # [C, 1, ..., 1] that broadcast along the axis (Clip takes scalars only).
+            zp_b, scale_b = zp_float, scale
+            if axis is not None:
+                bound_shape = shape_constant([-1] + [1] * (rank - 1 - axis % rank))
+                zp_b, scale_b = op.Reshape(zp_b, bound_shape), op.Reshape(scale_b, bound_shape)
+            lo = op.CastLike(op.Mul(op.Sub(op.Constant(value_float=float(quant_min)), zp_b),
+                                    scale_b), x)
+            hi = op.CastLike(op.Mul(op.Sub(op.Constant(value_float=float(quant_max)), zp_b),
+                                    scale_b), x)
+            x = op.Clip(x, lo, hi) if axis is None else op.Min(op.Max(x, lo), hi)
         q = op.QuantizeLinear(x, scale, zp, **axis_kw(axis))
         return op.DequantizeLinear(q, scale, zp, **axis_kw(axis))
 
@@ -524,10 +616,13 @@ def export_onnx(
     The model must have been prepared with :func:`torchqat.prepare_qat` and calibrated (or
     trained, or loaded from such a state dict). It is not modified: a deep copy, moved to the CPU
     in eval mode, is exported. Each activation ``FakeQuantizer`` becomes ``QuantizeLinear ->
-    DequantizeLinear`` with its effective scale and zero point; each weight quantizer is folded
-    into an integer initializer (int8, or uint8 for an asymmetric spec) and one
-    ``DequantizeLinear`` (``axis`` = the per-channel axis, 0 for Conv/Linear weights). Quantizers
-    in mode ``"pass_through"`` are left out (float), with a log line.
+    DequantizeLinear`` with its effective scale and zero point, preceded by a ``Clip`` (``Max`` /
+    ``Min`` per channel) to the dequantized range ends when its range is narrower than its ONNX
+    type's (a 7- or 4-bit or ``[-127, 127]`` activation: the graph then clamps exactly where
+    the QAT model clamps); each weight quantizer is folded into an integer initializer (int8, or
+    uint8 for an asymmetric spec) and one ``DequantizeLinear`` (``axis`` = the per-channel axis,
+    0 for Conv/Linear weights). Quantizers in mode ``"pass_through"`` are left out (float), with
+    a log line.
 
     Args:
         qat_model: the QAT model.
@@ -555,10 +650,10 @@ def export_onnx(
 
     Raises:
         ValueError: a quantizer was never calibrated or is still observing; a quantizer's range
-            has no exact ONNX encoding at ``opset`` (activations must use the whole range of an
-            ONNX integer type: ``[0, 255]`` or ``[-128, 127]``, plus ``[-32768, 32767]`` from
-            opset 21; weights must fit 8 bits below opset 21, int16 from it); bad ``opset`` or
-            inputs.
+            has no exact ONNX encoding at ``opset`` (an activation range must lie inside
+            ``[0, 255]`` or ``[-128, 127]``, or ``[-32768, 32767]`` from opset 21, see
+            :func:`torchqat.export.onnx_exports_activation_range`; weights must fit 8 bits below
+            opset 21, int16 from it); bad ``opset`` or inputs.
         FileNotFoundError: the directory of ``path`` does not exist.
     """
     import onnx

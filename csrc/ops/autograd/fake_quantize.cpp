@@ -60,6 +60,17 @@ class BelowAutogradUnlessGradMode {
   std::optional<at::AutoDispatchBelowADInplaceOrView> guard_;
 };
 
+using FakeQuantizeBackwardInplaceSig = void(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const at::Tensor&, int64_t, int64_t,
+                                             std::optional<int64_t>);
+
+c10::TypedOperatorHandle<FakeQuantizeBackwardInplaceSig> fake_quantize_backward_inplace_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_backward_", "")
+                       .typed<FakeQuantizeBackwardInplaceSig>();
+  return op;
+}
+
 using FakeQuantizeLsqBackwardInplaceSig = std::tuple<at::Tensor, at::Tensor>(
     at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
     std::optional<int64_t>, double);
@@ -104,13 +115,22 @@ class FakeQuantize : public torch::autograd::Function<FakeQuantize> {
     return op.call(input, scale, zero_point, quant_min, quant_max, axis);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  // grad_outputs by reference: see FakeQuantizeLsq::backward.
+  static variable_list backward(AutogradContext* ctx, variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const BelowAutogradUnlessGradMode below;
-    const at::Tensor dx =
-        fake_quantize_backward_op().call(grad_outputs[0], saved[0], saved[1], saved[2],
-                ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt(),
-                saved_axis(ctx));
+    at::Tensor grad = std::move(grad_outputs[0]);
+    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
+    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
+    at::Tensor dx;
+    if (can_overwrite(grad, saved[0])) {
+      fake_quantize_backward_inplace_op().call(grad, saved[0], saved[1], saved[2], quant_min,
+                                               quant_max, saved_axis(ctx));
+      dx = std::move(grad);
+    } else {
+      dx = fake_quantize_backward_op().call(grad, saved[0], saved[1], saved[2], quant_min,
+                                            quant_max, saved_axis(ctx));
+    }
     // The straight-through estimator gives scale and zero_point no gradient.
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

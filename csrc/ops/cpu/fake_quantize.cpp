@@ -148,6 +148,31 @@ std::pair<at::Tensor, at::Tensor> lsq_backward_into(const ops::FakeQuantProblem&
           as_tensor(dzero, zero_point, ops::zero_point_grad_dtype(scale, zero_point))};
 }
 
+// fake_quantize_backward writing over `grad` (see fake_quantize_lsq_backward_inplace_cpu).
+void fake_quantize_backward_inplace_cpu(at::Tensor& grad, const at::Tensor& input,
+                                        const at::Tensor& scale, const at::Tensor& zero_point,
+                                        int64_t quant_min, int64_t quant_max,
+                                        std::optional<int64_t> axis) {
+  const auto p = ops::prepare_fake_quant("fake_quantize_backward_", input, scale, zero_point,
+                                         quant_min, quant_max, axis, grad);
+  if (p.numel() == 0) return;
+  const HostQParams hq(p, quant_min, quant_max);
+  if (p.grad.is_same(grad)) {
+    // Each element is read before it is written, at the same index.
+    fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                      p.input.const_data_ptr(), grad.mutable_data_ptr(),
+                                      shape_of(p), hq.qp);
+    return;
+  }
+  auto dx = ops::make_output(input, p);
+  fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                    p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
+                                    shape_of(p), hq.qp);
+  dx.finish();
+  grad.copy_(dx.out);
+  return;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale,
     const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
@@ -204,5 +229,6 @@ TORCH_LIBRARY_IMPL(torchqat, CPU, m) {
   m.impl("fake_quantize_backward", &torchqat::cpu::fake_quantize_backward_cpu);
   m.impl("fake_quantize_lsq", &torchqat::cpu::fake_quantize_lsq_cpu);
   m.impl("fake_quantize_lsq_backward", &torchqat::cpu::fake_quantize_lsq_backward_cpu);
+  m.impl("fake_quantize_backward_", &torchqat::cpu::fake_quantize_backward_inplace_cpu);
   m.impl("fake_quantize_lsq_backward_", &torchqat::cpu::fake_quantize_lsq_backward_inplace_cpu);
 }
