@@ -389,6 +389,29 @@ def test_int8_modules_eager_call_keeps_tensor_subclasses():
     assert torch.equal(y_sub.as_subclass(torch.Tensor), y_plain)
 
 
+@needs_conv
+def test_int8_modules_eager_call_takes_the_direct_operator_entry(monkeypatch):
+    """A plain-tensor eager call enters the compiled operator directly (no torch.ops argument
+    walk): the same output as the torch.ops call the scripted module makes, for every INT8
+    module; with the torch.ops path disabled, eager calls still run."""
+    torch.manual_seed(0)
+    cases = [
+        (tq.Int8Linear, nn.Linear(40, 9), torch.randn(3, 2, 40)),
+        (tq.Int8Conv2d, nn.Conv2d(8, 6, 3, padding=1), torch.randn(2, 8, 9, 7)),
+        (tq.Int8Conv1d, nn.Conv1d(8, 6, 3, padding=1), torch.randn(2, 8, 17)),
+    ]
+    for cls, layer, x in cases:
+        module = cls.from_qat(calibrated_layer(layer, x)[0], activation="relu")
+        expected = torch.jit.script(module)(x)
+        assert torch.equal(module._call_op(x), expected), cls.__name__
+
+        def refuse(input, name=cls.__name__):
+            raise AssertionError(f"{name}: eager call went through torch.ops")
+
+        monkeypatch.setattr(module, "_call_op", refuse)
+        assert torch.equal(module(x), expected), cls.__name__
+
+
 def test_int8_linear_repr_and_attributes():
     x = torch.randn(8, 16)
     q = calibrated_layer(nn.Linear(16, 4), x)
