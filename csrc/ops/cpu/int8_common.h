@@ -15,14 +15,14 @@
 #include <string>
 
 #include "core/quantize.h"
+#include "ops/cpu/int8_kernels.h"
 #include "ops/packed_conv2d.h"
 #include "ops/packed_linear.h"
 
 namespace torchqat {
 namespace cpu {
 
-enum class Activation { kNone, kRelu, kSilu };
-
+// Activation (int8_kernels.h) from the operators' `activation` argument.
 inline Activation parse_activation(const char* op, c10::string_view name) {
   if (name == "none") return Activation::kNone;
   if (name == "relu") return Activation::kRelu;
@@ -132,6 +132,16 @@ inline void check_activation_range(const char* op, int64_t quant_min, int64_t qu
               "activations), got [", quant_min, ", ", quant_max, "]");
 }
 
+// The number of bits of an unsigned range [0, max] (127 -> 7).
+inline int bits_of(int32_t max) {
+  int bits = 0;
+  while (max > 0) {
+    ++bits;
+    max >>= 1;
+  }
+  return bits;
+}
+
 // The kernels multiply bytes a = q + a_shift. One with max_a < 255 (avx2_u7) is exact only for
 // a in [0, max_a]: the activation range must keep every code there.
 inline void check_kernel_operand_range(const char* op, const Int8GemmKernel* gemm,
@@ -139,7 +149,8 @@ inline void check_kernel_operand_range(const char* op, const Int8GemmKernel* gem
   if (gemm == nullptr || gemm->max_a >= 255) return;
   TORCH_CHECK(quant_min + a_shift >= 0 && quant_max + a_shift <= gemm->max_a, op,
               ": the packed weights use kernel '", gemm->name, "', which is exact only for "
-              "activation ranges within [0, ", gemm->max_a, "] (7-bit unsigned), got [quant_min, "
+              "activation ranges within [0, ", gemm->max_a, "] (", bits_of(gemm->max_a),
+              "-bit unsigned), got [quant_min, "
               "quant_max] = [", quant_min, ", ", quant_max, "]; pack with kernel='auto' for "
               "8-bit activations");
 }
@@ -147,9 +158,10 @@ inline void check_kernel_operand_range(const char* op, const Int8GemmKernel* gem
 // int8_matmul / int8_conv2d_acc take any uint8 / int8 bytes, which no max_a < 255 kernel can
 // promise to be exact for.
 inline void check_kernel_takes_any_byte(const char* op, const Int8GemmKernel* gemm) {
-  TORCH_CHECK(gemm == nullptr || gemm->max_a >= 255, op, ": the packed weights use kernel '",
-              gemm == nullptr ? "" : gemm->name, "', which is exact only for activation bytes "
-              "in [0, 127]; raw uint8 / int8 input needs weights packed with kernel='auto'");
+  if (gemm == nullptr || gemm->max_a >= 255) return;
+  TORCH_CHECK(false, op, ": the packed weights use kernel '", gemm->name, "', which is exact "
+              "only for activation bytes in [0, ", gemm->max_a, "]; raw uint8 / int8 input "
+              "needs weights packed with kernel='auto'");
 }
 
 inline ActivationQParams activation_qparams(const char* op, const at::Tensor& input,

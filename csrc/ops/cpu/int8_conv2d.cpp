@@ -236,8 +236,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
     e.multiplier = packed->out_multiplier()->const_data_ptr<float>();
     e.shift = packed->out_shift()->const_data_ptr<float>();
   }
-  e.relu = act == Activation::kRelu;
-  e.silu = act == Activation::kSilu;
+  e.activation = act;
   run_conv(*packed, g, xqp, static_cast<int32_t>(q.zero_point) + a_shift, e,
            out.mutable_data_ptr<float>(), nullptr);
   return out;

@@ -23,19 +23,22 @@ struct ChannelShape {
   int64_t inner;
 };
 
+// The activation an INT8 operator fuses into its epilogue (the operators' `activation`
+// argument: "none", "relu", "silu"; parse_activation in int8_common.h reads it).
+enum class Activation { kNone, kRelu, kSilu };
+
 // The epilogue of one GEMM, per output column n (arrays of N values):
 //   v = acc_raw[n] - offset[n]                     (offset = z_a * colsum[n])
 //   raw_out: write v as int32; else
 //   t = fma(float(v), alpha[n], bias[n]); if multiplier: t = fma(t, multiplier[n], shift[n]);
-//   relu: t = t > 0 ? t : 0;  silu: t = core::silu(t)
+//   kRelu: t = t > 0 ? t : 0;  kSilu: t = core::silu(t)
 struct Int8Epilogue {
   const int32_t* offset = nullptr;
   const float* alpha = nullptr;
   const float* bias = nullptr;
   const float* multiplier = nullptr;  // null: no folded BatchNorm
   const float* shift = nullptr;
-  bool relu = false;
-  bool silu = false;
+  Activation activation = Activation::kNone;
   bool raw_out = false;
 };
 

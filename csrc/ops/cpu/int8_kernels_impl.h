@@ -146,11 +146,9 @@ void dequantize(const void* q, IntType type, float* y, ChannelShape sh, int64_t 
 // [n0, n0 + cols); out / out_raw point at (row 0, column n0), stride ldo. kCols > 0: cols is
 // that compile-time constant (a full GEMM panel), so each row is a few whole vectors with no
 // remainder loop; the per-column parameters are then loaded once for all rows.
-// The activation fused into the epilogue, as a template argument so that each loop is one
+// The activation fused into the epilogue is a template argument, so that each loop is one
 // straight-line vector body.
-enum class EpilogueAct { kNone, kRelu, kSilu };
-
-template <bool kAffine, EpilogueAct kAct, int64_t kCols>
+template <bool kAffine, Activation kAct, int64_t kCols>
 void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0, int64_t cols_rt,
                     const Int8Epilogue& e, float* out, int64_t ldo) {
   const int64_t cols = kCols > 0 ? kCols : cols_rt;
@@ -168,9 +166,9 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
     for (int64_t j = 0; j < cols; ++j) {
       float t = core::linear_epilogue(ar[j] - off[j], alpha[j], bias[j]);
       if constexpr (kAffine) t = core::fused_multiply_add(t, mult[j], shift[j]);
-      if constexpr (kAct == EpilogueAct::kRelu) t = t > 0.0f ? t : 0.0f;
+      if constexpr (kAct == Activation::kRelu) t = t > 0.0f ? t : 0.0f;
       // SiLU here, while the block is in L1, instead of a separate pass over the output.
-      if constexpr (kAct == EpilogueAct::kSilu) t = core::silu(t);
+      if constexpr (kAct == Activation::kSilu) t = core::silu(t);
       o[j] = t;
     }
   }
@@ -179,16 +177,18 @@ void epilogue_float(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0
 template <bool kAffine, int64_t kCols>
 void epilogue_float_act(const int32_t* acc, int64_t ld_acc, int64_t rows, int64_t n0,
                         int64_t cols, const Int8Epilogue& e, float* out, int64_t ldo) {
-  if (e.silu) {
-    return epilogue_float<kAffine, EpilogueAct::kSilu, kCols>(acc, ld_acc, rows, n0, cols, e,
-                                                              out, ldo);
+  switch (e.activation) {
+    case Activation::kSilu:
+      return epilogue_float<kAffine, Activation::kSilu, kCols>(acc, ld_acc, rows, n0, cols, e,
+                                                               out, ldo);
+    case Activation::kRelu:
+      return epilogue_float<kAffine, Activation::kRelu, kCols>(acc, ld_acc, rows, n0, cols, e,
+                                                               out, ldo);
+    case Activation::kNone:
+      break;
   }
-  if (e.relu) {
-    return epilogue_float<kAffine, EpilogueAct::kRelu, kCols>(acc, ld_acc, rows, n0, cols, e,
-                                                              out, ldo);
-  }
-  return epilogue_float<kAffine, EpilogueAct::kNone, kCols>(acc, ld_acc, rows, n0, cols, e, out,
-                                                            ldo);
+  return epilogue_float<kAffine, Activation::kNone, kCols>(acc, ld_acc, rows, n0, cols, e, out,
+                                                           ldo);
 }
 
 template <int64_t kCols>

@@ -105,8 +105,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
     e.multiplier = packed->out_multiplier()->const_data_ptr<float>();
     e.shift = packed->out_shift()->const_data_ptr<float>();
   }
-  e.relu = act == Activation::kRelu;
-  e.silu = act == Activation::kSilu;
+  e.activation = act;
 
   const float* xp = x.const_data_ptr<float>();
   const int64_t row_grain = std::max<int64_t>(1, 32768 / K);
