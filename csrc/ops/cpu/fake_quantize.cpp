@@ -156,21 +156,17 @@ void fake_quantize_backward_inplace_cpu(at::Tensor& grad, const at::Tensor& inpu
   const auto p = ops::prepare_fake_quant("fake_quantize_backward_", input, scale, zero_point,
                                          quant_min, quant_max, axis, grad);
   if (p.numel() == 0) return;
-  const HostQParams hq(p, quant_min, quant_max);
   if (p.grad.is_same(grad)) {
     // Each element is read before it is written, at the same index.
+    const HostQParams hq(p, quant_min, quant_max);
     fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
                                       p.input.const_data_ptr(), grad.mutable_data_ptr(),
                                       shape_of(p), hq.qp);
     return;
   }
-  auto dx = ops::make_output(input, p);
-  fake_quant_kernels().ste_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
-                                    p.input.const_data_ptr(), dx.work.mutable_data_ptr(),
-                                    shape_of(p), hq.qp);
-  dx.finish();
-  grad.copy_(dx.out);
-  return;
+  // grad's layout differs from the kernel's: compute beside it and copy back.
+  grad.copy_(fake_quantize_backward_cpu(grad, input, scale, zero_point, quant_min, quant_max,
+                                        axis));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_backward_cpu(
@@ -204,12 +200,11 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_backward_inplace_cpu(
                              quant_max, grad_factor);
   }
   // grad's layout differs from the kernel's: compute beside it and copy back.
-  auto dx = ops::make_output(input, p);
-  auto result = lsq_backward_into(p, dx.work.mutable_data_ptr(), scale, zero_point, quant_min,
-                                  quant_max, grad_factor);
-  if (p.numel() > 0) dx.finish();
-  grad.copy_(dx.out);
-  return result;
+  auto [dx, dscale, dzero] = fake_quantize_lsq_backward_cpu(grad, input, scale, zero_point,
+                                                            quant_min, quant_max, axis,
+                                                            grad_factor);
+  grad.copy_(dx);
+  return {dscale, dzero};
 }
 
 }  // namespace
