@@ -578,13 +578,56 @@ def test_convert_low_bit_model_runs_on_int8_kernels(monkeypatch):
     assert n == 8
     assert_end_to_end_close(out, ref)
     if int8.available_kernels()[0] == "avx2":
-        assert {m.packed.kernel() for m in layers} == {"avx2_u7", "depthwise"}
+        def kernels_run(model):
+            return {m.packed.kernel_for_input(m.quant_min, m.quant_max)
+                    for m in model.modules() if isinstance(m, INT8_TYPES)}
+
+        assert kernels_run(int8_model) == {"avx2_u7", "depthwise"}
+        assert {m.packed.kernel() for m in layers} == {"avx2", "depthwise"}  # as packed
         monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "avx2")
         plain = tq.convert(qat)
-        kernels = {m.packed.kernel() for m in plain.modules() if isinstance(m, INT8_TYPES)}
-        assert kernels == {"avx2", "depthwise"}
+        assert kernels_run(plain) == {"avx2", "depthwise"}
         with torch.no_grad():
             assert torch.equal(plain(x), out)
+
+
+@needs_conv
+def test_saved_seven_bit_model_still_runs_the_seven_bit_kernel(tmp_path):
+    """Saving writes the unpacked weights and loading re-packs them with "auto"; a layer with a
+    7-bit input range still runs avx2_u7 after the round trip on an AVX2 CPU (the packed object
+    makes that packing on first use), in Python and in a loaded TorchScript file, with the same
+    output as before saving. 8-bit layers and explicit kernels are left alone."""
+    if int8.available_kernels()[0] != "avx2":
+        pytest.skip("avx2_u7 is chosen only where 'auto' is the 8-bit AVX2 kernel")
+    torch.manual_seed(6)
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    int8_model = tq.convert(qat_model(YoloNet(), batches, LOW_BIT_CONFIG)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = int8_model(x)
+    path = tmp_path / "seven_bit.pt"
+    torch.jit.save(torch.jit.script(int8_model), str(path))
+    loaded = torch.jit.load(str(path))
+    packed = [m.packed for m in loaded.modules() if hasattr(m, "packed")]
+    convs = [p for p in packed if p.kernel() != "depthwise"]
+    assert convs and all(p.kernel() == "avx2" for p in convs)
+    assert {p.kernel_for_input(0, 127) for p in convs} == {"avx2_u7"}
+    assert {p.kernel_for_input(0, 255) for p in convs} == {"avx2"}
+    assert {p.kernel_for_input(-128, 127) for p in convs} == {"avx2"}
+    assert {p.kernel_for_input(-64, 63) for p in convs} == {"avx2"}  # bytes 64..191
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+        assert torch.equal(loaded(x), expected)  # again, with the packing already made
+    # An explicit kernel is kept whatever the range.
+    w = torch.randint(-127, 128, (16, 24), dtype=torch.int8)
+    explicit = int8.pack_linear(w, torch.full((16,), 0.01), None, kernel="avx2")
+    assert explicit.kernel_for_input(0, 127) == "avx2"
+    auto = int8.pack_linear(w, torch.full((16,), 0.01), None)
+    assert auto.kernel_for_input(0, 127) == "avx2_u7"
+    xs = torch.rand(5, 24)
+    args = (torch.tensor([1 / 127]), torch.tensor([0], dtype=torch.int32), 0, 127)
+    assert torch.equal(torch.ops.torchqat.int8_linear(xs, *args, auto, "none"),
+                       torch.ops.torchqat.int8_linear(xs, *args, explicit, "none"))
 
 
 @needs_conv

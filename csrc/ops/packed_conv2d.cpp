@@ -131,18 +131,52 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
     return;
   }
   gemm_ = cpu::find_int8_gemm(kernel, &kernel_);
-  // Rows of B in the order im2col writes a window of the NHWC input: (ky, kx, channel).
-  const at::Tensor w_nhwc = weight_.permute({0, 2, 3, 1}).contiguous().view({groups, Ng, K});
   if (gemm_ != nullptr) {
-    packed_group_bytes_ = gemm_->packed_b_bytes(Ng, K);
-    packed_ = at::empty({groups * packed_group_bytes_}, at::TensorOptions().dtype(at::kChar));
-    for (int64_t g = 0; g < groups; ++g) {
-      gemm_->pack_b(w_nhwc[g].const_data_ptr<int8_t>(), Ng, K,
-                    packed_.mutable_data_ptr<int8_t>() + g * packed_group_bytes_);
-    }
+    packed_group_bytes_ = pack_groups(*gemm_, &packed_);
   } else {
-    packed_ = w_nhwc.transpose(1, 2).contiguous();  // torch._int_mm's [K, N] per group
+    // torch._int_mm's [K, N] per group, rows in im2col's order (see pack_groups).
+    packed_ = weight_.permute({0, 2, 3, 1}).contiguous().view({groups, Ng, K}).transpose(1, 2)
+                  .contiguous();
   }
+  seven_bit_gemm_ = cpu::seven_bit_input_gemm(kernel, kernel_);
+}
+
+int64_t PackedConv2d::pack_groups(const cpu::Int8GemmKernel& gemm, at::Tensor* out) const {
+  const int64_t O = out_channels(), Ng = O / groups_, K = depth();
+  // Rows of B in the order im2col writes a window of the NHWC input: (ky, kx, channel).
+  const at::Tensor w_nhwc = weight_.permute({0, 2, 3, 1}).contiguous().view({groups_, Ng, K});
+  const int64_t group_bytes = gemm.packed_b_bytes(Ng, K);
+  *out = at::empty({groups_ * group_bytes}, at::TensorOptions().dtype(at::kChar));
+  for (int64_t g = 0; g < groups_; ++g) {
+    gemm.pack_b(w_nhwc[g].const_data_ptr<int8_t>(), Ng, K,
+                out->mutable_data_ptr<int8_t>() + g * group_bytes);
+  }
+  return group_bytes;
+}
+
+bool PackedConv2d::uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const {
+  return seven_bit_gemm_ != nullptr && a_min >= 0 && a_max <= seven_bit_gemm_->max_a;
+}
+
+cpu::PackedGemmWeights PackedConv2d::gemm_weights(int32_t a_min, int32_t a_max) const {
+  if (!uses_seven_bit_gemm(a_min, a_max)) {
+    return {gemm_, gemm_ != nullptr ? packed_.const_data_ptr<int8_t>() : nullptr,
+            packed_group_bytes_};
+  }
+  std::call_once(seven_bit_once_, [this] {
+    at::Tensor packed;
+    seven_bit_group_bytes_ = pack_groups(*seven_bit_gemm_, &packed);
+    seven_bit_packed_ = std::move(packed);
+  });
+  return {seven_bit_gemm_, seven_bit_packed_.const_data_ptr<int8_t>(), seven_bit_group_bytes_};
+}
+
+std::string PackedConv2d::kernel_for_input(int64_t quant_min, int64_t quant_max) const {
+  const int32_t a_shift = quant_min < 0 ? 128 : 0;  // int8_conv2d's unsigned A bytes
+  return uses_seven_bit_gemm(static_cast<int32_t>(quant_min) + a_shift,
+                             static_cast<int32_t>(quant_max) + a_shift)
+             ? std::string(seven_bit_gemm_->name)
+             : kernel_;
 }
 
 std::shared_ptr<const void> PackedConv2d::device_cache(
@@ -201,6 +235,7 @@ void register_packed_conv2d_class() {
           .def("out_channels", &PackedConv2d::out_channels)
           .def("kernel_size", &PackedConv2d::kernel_size)
           .def("kernel", &PackedConv2d::kernel)
+          .def("kernel_for_input", &PackedConv2d::kernel_for_input)
           // (name, value) pairs for the fake object of python/torchqat/_ops.py (torch.compile /
           // torch.export); names differ from the methods', which the fake object has too.
           // Copies of the tensors (optional_clone says why); a few KB to MB once per trace.

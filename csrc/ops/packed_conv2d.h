@@ -59,6 +59,9 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   // The kernel the weights are packed for ("auto" resolved): a GEMM kernel's name, or
   // "depthwise" for the direct depthwise kernel (groups == in == out channels).
   std::string kernel() const { return kernel_; }
+  // The kernel int8_conv2d runs for an input range [quant_min, quant_max]: kernel(), or
+  // "avx2_u7" for a 7-bit unsigned range where kernel() is the "auto"-chosen 8-bit AVX2 one.
+  std::string kernel_for_input(int64_t quant_min, int64_t quant_max) const;
 
   // Packed form, for the CPU operators.
   bool depthwise() const { return depthwise_; }
@@ -69,6 +72,10 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   // depthwise: int32 [kh * kw, C] (tap-major, so the kernel reads C consecutive weights).
   const at::Tensor& packed_weight() const { return packed_; }
   int64_t packed_group_bytes() const { return packed_group_bytes_; }
+  // The GEMM kernel and packed weights for A bytes in [a_min, a_max] (q + a_shift): gemm() and
+  // its panels, or the 7-bit kernel's (cpu::seven_bit_input_gemm), packed on first use and
+  // kept; thread-safe. gemm == nullptr for torch._int_mm and the depthwise kernel.
+  cpu::PackedGemmWeights gemm_weights(int32_t a_min, int32_t a_max) const;
   // Depthwise: the same weights for the pair-of-taps kernel (cpu::depthwise_pair_weights).
   const int16_t* depthwise_pairs() const { return pairs_.const_data_ptr<int16_t>(); }
   // Per output channel: sum of its weights (the zero point's correction).
@@ -96,6 +103,14 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_, pairs_;
   int64_t packed_group_bytes_ = 0;
+  // Packs every group's [O / groups, K] weights for `gemm` into `out`; returns the bytes of one
+  // group.
+  int64_t pack_groups(const cpu::Int8GemmKernel& gemm, at::Tensor* out) const;
+  bool uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const;
+  const cpu::Int8GemmKernel* seven_bit_gemm_ = nullptr;
+  mutable std::once_flag seven_bit_once_;
+  mutable at::Tensor seven_bit_packed_;
+  mutable int64_t seven_bit_group_bytes_ = 0;
   static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
   mutable std::mutex device_mutex_;
   mutable std::array<std::shared_ptr<const void>, kMaxDevices> device_caches_;

@@ -61,6 +61,34 @@ PackedLinear::PackedLinear(const at::Tensor& weight, const at::Tensor& weight_sc
   }
   col_sum_ = weight_.sum(1, /*keepdim=*/false, at::kInt).contiguous();
   bias_or_zeros_ = bias_.has_value() ? *bias_ : at::zeros({N}, at::TensorOptions().dtype(at::kFloat));
+  seven_bit_gemm_ = cpu::seven_bit_input_gemm(kernel, kernel_);
+}
+
+bool PackedLinear::uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const {
+  return seven_bit_gemm_ != nullptr && a_min >= 0 && a_max <= seven_bit_gemm_->max_a;
+}
+
+cpu::PackedGemmWeights PackedLinear::gemm_weights(int32_t a_min, int32_t a_max) const {
+  if (!uses_seven_bit_gemm(a_min, a_max)) {
+    return {gemm_, gemm_ != nullptr ? packed_.const_data_ptr<int8_t>() : nullptr, 0};
+  }
+  std::call_once(seven_bit_once_, [this] {
+    const int64_t N = out_features(), K = in_features();
+    at::Tensor packed = at::empty({seven_bit_gemm_->packed_b_bytes(N, K)},
+                                  at::TensorOptions().dtype(at::kChar));
+    seven_bit_gemm_->pack_b(weight_.const_data_ptr<int8_t>(), N, K,
+                            packed.mutable_data_ptr<int8_t>());
+    seven_bit_packed_ = std::move(packed);
+  });
+  return {seven_bit_gemm_, seven_bit_packed_.const_data_ptr<int8_t>(), 0};
+}
+
+std::string PackedLinear::kernel_for_input(int64_t quant_min, int64_t quant_max) const {
+  const int32_t a_shift = quant_min < 0 ? 128 : 0;  // int8_linear's unsigned A bytes
+  return uses_seven_bit_gemm(static_cast<int32_t>(quant_min) + a_shift,
+                             static_cast<int32_t>(quant_max) + a_shift)
+             ? std::string(seven_bit_gemm_->name)
+             : kernel_;
 }
 
 std::shared_ptr<const DevicePack> PackedLinear::device_pack(const c10::Device& device) const {
@@ -113,6 +141,7 @@ void register_packed_linear_class() {
           .def("out_multiplier", &PackedLinear::out_multiplier)
           .def("out_shift", &PackedLinear::out_shift)
           .def("kernel", &PackedLinear::kernel)
+          .def("kernel_for_input", &PackedLinear::kernel_for_input)
           // (name, value) pairs that torch.compile / torch.export turn into the fake object of
           // python/torchqat/_ops.py, so that traced graphs can carry a PackedLinear. The names
           // must differ from the methods', which the fake object gets too.

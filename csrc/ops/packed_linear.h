@@ -64,10 +64,17 @@ class TORCHQAT_API PackedLinear : public torch::CustomClassHolder {
   std::optional<at::Tensor> out_shift() const { return out_shift_; }
   // The kernel the weights are packed for ("auto" resolved).
   std::string kernel() const { return kernel_; }
+  // The kernel int8_linear runs for an input range [quant_min, quant_max]: kernel(), or
+  // "avx2_u7" for a 7-bit unsigned range where kernel() is the "auto"-chosen 8-bit AVX2 one.
+  std::string kernel_for_input(int64_t quant_min, int64_t quant_max) const;
 
   // Packed form, for the CPU operators.
   const cpu::Int8GemmKernel* gemm() const { return gemm_; }  // nullptr: torch._int_mm
   const at::Tensor& packed_weight() const { return packed_; }  // gemm's panels, or int8 [K, N]
+  // The GEMM kernel and packed weights for A bytes in [a_min, a_max] (q + a_shift): gemm() and
+  // its panels, or the 7-bit kernel's (cpu::seven_bit_input_gemm), packed on first use and
+  // kept; thread-safe.
+  cpu::PackedGemmWeights gemm_weights(int32_t a_min, int32_t a_max) const;
   const int32_t* column_sums() const { return col_sum_.const_data_ptr<int32_t>(); }
   const float* bias_or_zeros() const { return bias_or_zeros_.const_data_ptr<float>(); }
 
@@ -84,6 +91,10 @@ class TORCHQAT_API PackedLinear : public torch::CustomClassHolder {
   std::string kernel_;
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_;
+  bool uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const;
+  const cpu::Int8GemmKernel* seven_bit_gemm_ = nullptr;
+  mutable std::once_flag seven_bit_once_;
+  mutable at::Tensor seven_bit_packed_;
   static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
   mutable std::mutex device_mutex_;
   mutable std::array<std::shared_ptr<const DevicePack>, kMaxDevices> device_packs_;

@@ -109,7 +109,8 @@ def pack_linear(
         ``torch.jit.script`` / ``torch.jit.save``: the saved file holds the unpacked weights
         (with a format version) and re-packs them for the loading machine. Its methods
         ``weight()``, ``weight_scale()``, ``bias()``, ``out_multiplier()``, ``out_shift()``,
-        ``in_features()``, ``out_features()`` and ``kernel()`` read it back.
+        ``in_features()``, ``out_features()``, ``kernel()`` and ``kernel_for_input(quant_min,
+        quant_max)`` (the kernel a call with that input range runs) read it back.
     """
     return torch.classes.torchqat.PackedLinear(
         weight_int8, weight_scale, bias, out_multiplier, out_shift, kernel
@@ -196,7 +197,8 @@ def pack_conv2d(
         A ``torch.classes.torchqat.PackedConv2d``; it scripts, saves and re-packs on load like
         :func:`pack_linear`'s object. Methods: ``weight()``, ``weight_scale()``, ``bias()``,
         ``out_multiplier()``, ``out_shift()``, ``stride()``, ``padding()``, ``dilation()``,
-        ``groups()``, ``in_channels()``, ``out_channels()``, ``kernel_size()``, ``kernel()``.
+        ``groups()``, ``in_channels()``, ``out_channels()``, ``kernel_size()``, ``kernel()``,
+        ``kernel_for_input(quant_min, quant_max)``.
     """
     return torch.classes.torchqat.PackedConv2d(
         weight_int8, weight_scale, bias, out_multiplier, out_shift, _pair(stride, "stride"),

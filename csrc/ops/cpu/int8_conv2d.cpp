@@ -92,8 +92,9 @@ Int8Epilogue shifted(const Int8Epilogue& e, int64_t c0) {
 
 // The convolution of x (NHWC bytes, zero point z_a) with the packed weights; e without its
 // offset, which this sets. Writes out (float) or out_raw (int32), NHWC [M, O].
-void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, int32_t z_a,
-              Int8Epilogue e, float* out, int32_t* out_raw) {
+// w: the GEMM kernel and packing to run (PackedConv2d::gemm_weights), unused when depthwise.
+void run_conv(const PackedConv2d& p, const PackedGemmWeights& w, const Conv2dGeometry& g,
+              const uint8_t* x, int32_t z_a, Int8Epilogue e, float* out, int32_t* out_raw) {
   const int64_t O = p.out_channels(), M = g.N * g.Ho * g.Wo;
   const Int8CpuKernels& k = int8_cpu_kernels();
   const Int8ConvKernels& ck = int8_conv_kernels();
@@ -101,12 +102,12 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
     const std::vector<int32_t> zeros(O, 0);  // the kernel subtracts z itself
     e.offset = zeros.data();
     const int64_t rows_per_step = std::max<int64_t>(1, 4096 / O);
-    const int32_t* w = p.packed_weight().const_data_ptr<int32_t>();
+    const int32_t* taps = p.packed_weight().const_data_ptr<int32_t>();
     at::parallel_for(0, M, rows_per_step, [&](int64_t begin, int64_t end) {
       std::vector<int32_t> acc(rows_per_step * O);
       for (int64_t m = begin; m < end; m += rows_per_step) {
         const int64_t rows = std::min(rows_per_step, end - m);
-        ck.depthwise(x, g, z_a, w, p.depthwise_pairs(), p.column_sums(), m, m + rows,
+        ck.depthwise(x, g, z_a, taps, p.depthwise_pairs(), p.column_sums(), m, m + rows,
                      acc.data());
         k.epilogue(acc.data(), O, rows, O, e, out ? out + m * O : nullptr,
                    out_raw ? out_raw + m * O : nullptr, O);
@@ -116,7 +117,7 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
   }
 
   const int64_t Ng = O / g.groups, K = p.depth();
-  const Int8GemmKernel* gemm = p.gemm();
+  const Int8GemmKernel* gemm = w.gemm;
   // sum_k (a - z) * w = sum_k a * w - z * colsum; torch._int_mm reads a - 128 as int8.
   const int32_t z_gemm = gemm != nullptr ? z_a : z_a - 128;
   std::vector<int32_t> offset(O);
@@ -129,8 +130,7 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
   if (gemm != nullptr && pointwise && g.groups == 1 && gemm->a_bytes == 1 &&
       g.C % gemm->k_align == 0) {
     // The NHWC buffer is A already: (row block, panel group) tasks as in int8_linear.
-    Int8GemmProblem prob{M, O, K, x, g.C, p.packed_weight().const_data_ptr<int8_t>(), e,
-                         out, out_raw, O};
+    Int8GemmProblem prob{M, O, K, x, g.C, w.packed, e, out, out_raw, O};
     const int64_t panels = (O + gemm->panel_cols - 1) / gemm->panel_cols;
     const int64_t panels_per_task = std::max<int64_t>(1, kTaskColumns / gemm->panel_cols);
     const int64_t column_tasks = (panels + panels_per_task - 1) / panels_per_task;
@@ -155,8 +155,8 @@ void run_conv(const PackedConv2d& p, const Conv2dGeometry& g, const uint8_t* x, 
   const int64_t row_tiles = (M + tile - 1) / tile;
   const int64_t lda = gemm != nullptr ? round_up(K, gemm->k_align) : K;
   const int64_t a_bytes = gemm != nullptr ? gemm->a_bytes : 1;
-  const int64_t group_bytes = p.packed_group_bytes();
-  const int8_t* packed = p.packed_weight().const_data_ptr<int8_t>();
+  const int64_t group_bytes = w.group_bytes;
+  const int8_t* packed = w.packed;
 
   at::parallel_for(0, g.groups * row_tiles, 1, [&](int64_t begin, int64_t end) {
     // 64-byte aligned rows start the A tile on a cache line.
@@ -211,7 +211,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
   // Quantize once into NHWC bytes; signed ranges are stored as q + 128, their zero point alike.
   const at::Tensor x = nhwc(input.to(at::kFloat));
   const int32_t a_shift = quant_min < 0 ? 128 : 0;
-  check_kernel_operand_range(op, packed->gemm(), quant_min, quant_max, a_shift);
+  const PackedGemmWeights w = packed->gemm_weights(static_cast<int32_t>(quant_min) + a_shift,
+                                                   static_cast<int32_t>(quant_max) + a_shift);
+  check_kernel_operand_range(op, w.gemm, quant_min, quant_max, a_shift);
   const int64_t C = g.C, pixels = g.N * g.H * g.W;
   at::Tensor xq = at::empty({pixels * C}, x.options().dtype(at::kByte));
   const float inv_s = core::inverse_scale(q.scale);
@@ -237,7 +239,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
     e.shift = packed->out_shift()->const_data_ptr<float>();
   }
   e.activation = act;
-  run_conv(*packed, g, xqp, static_cast<int32_t>(q.zero_point) + a_shift, e,
+  run_conv(*packed, w, g, xqp, static_cast<int32_t>(q.zero_point) + a_shift, e,
            out.mutable_data_ptr<float>(), nullptr);
   return out;
 }
@@ -249,7 +251,9 @@ at::Tensor int8_conv2d_acc_cpu(const at::Tensor& input, int64_t input_zero_point
   TORCH_CHECK(dt == at::kByte || dt == at::kChar, op, ": input must be uint8 or int8, got ", dt);
   const Conv2dGeometry g = geometry(op, packed, input);
   check_integer_input_zero_point(op, dt, input_zero_point);
-  check_kernel_takes_any_byte(op, packed->gemm());
+  // Any byte may come: the packing for the full range.
+  const PackedGemmWeights w = packed->gemm_weights(0, 255);
+  check_kernel_takes_any_byte(op, w.gemm);
   const bool is_signed = dt == at::kChar;
   at::Tensor out = empty_output(g, packed->out_channels(), at::kInt);
   if (out.numel() == 0) return out;
@@ -259,7 +263,7 @@ at::Tensor int8_conv2d_acc_cpu(const at::Tensor& input, int64_t input_zero_point
   const int32_t z_a = static_cast<int32_t>(input_zero_point) + (is_signed ? 128 : 0);
   Int8Epilogue e;
   e.raw_out = true;
-  run_conv(*packed, g, x.const_data_ptr<uint8_t>(), z_a, e, nullptr,
+  run_conv(*packed, w, g, x.const_data_ptr<uint8_t>(), z_a, e, nullptr,
            out.mutable_data_ptr<int32_t>());
   return out;
 }

@@ -111,6 +111,14 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
   TORCH_CHECK(false, "int8 kernel must be ", kKernelNames, ", got '", wanted, "'");
 }
 
+const Int8GemmKernel* seven_bit_input_gemm(const std::string& requested,
+                                           const std::string& resolved) {
+  if (requested != "auto" || resolved != "avx2") return nullptr;
+  const char* env = std::getenv("TORCHQAT_INT8_KERNEL");
+  if (env != nullptr && *env != '\0') return nullptr;
+  return find_int8_gemm("avx2_u7", nullptr);
+}
+
 std::vector<std::string> int8_cpu_gemm_kernels() {
   std::vector<std::string> names;
   if (cpu_has_avx512_vnni()) names.emplace_back("avx512_vnni");

@@ -119,5 +119,22 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
 // Names of the GEMM kernels this CPU runs, best first, "int_mm" last.
 std::vector<std::string> int8_cpu_gemm_kernels();
 
+// The kernel that weights packed for kernel `requested` (which find_int8_gemm resolved to
+// `resolved`) run for inputs of at most 7 bits: avx2_u7 where "auto" took the 8-bit AVX2 kernel
+// (exact for A in [0, 127] and faster), unless TORCHQAT_INT8_KERNEL names the kernel; else
+// nullptr. The packed classes make that second packing on first use, so that a saved model,
+// which re-packs with "auto" on load, still runs 7-bit layers on it (TorchScript, C++).
+const Int8GemmKernel* seven_bit_input_gemm(const std::string& requested,
+                                           const std::string& resolved);
+
+// A GEMM kernel and the weights packed for it; group g's panels start at
+// packed + g * group_bytes (convolutions; 0 for a linear layer). gemm == nullptr: the weights are
+// not packed for one of our GEMM kernels (torch._int_mm, the depthwise kernel).
+struct PackedGemmWeights {
+  const Int8GemmKernel* gemm = nullptr;
+  const int8_t* packed = nullptr;
+  int64_t group_bytes = 0;
+};
+
 }  // namespace cpu
 }  // namespace torchqat

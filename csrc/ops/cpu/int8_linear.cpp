@@ -126,6 +126,9 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
   } else {
     // Our kernels take unsigned bytes: signed activations are shifted up by 128.
     const int32_t a_shift = quant_min < 0 ? 128 : 0;
+    const PackedGemmWeights w = packed->gemm_weights(static_cast<int32_t>(quant_min) + a_shift,
+                                                     static_cast<int32_t>(quant_max) + a_shift);
+    gemm = w.gemm;
     check_kernel_operand_range(op, gemm, quant_min, quant_max, a_shift);
     const std::vector<int32_t> offset = column_offsets(*packed, static_cast<int32_t>(z) + a_shift);
     e.offset = offset.data();
@@ -136,8 +139,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
       gemm->quantize_a(xp + begin * K, K, end - begin, K, inv_s, z, qmin, qmax, a_shift,
                        ap + begin * lda * gemm->a_bytes, lda);
     });
-    Int8GemmProblem g{M, N, K, ap, lda, packed->packed_weight().const_data_ptr<int8_t>(), e,
-                      out.mutable_data_ptr<float>(), nullptr, N};
+    Int8GemmProblem g{M, N, K, ap, lda, w.packed, e, out.mutable_data_ptr<float>(), nullptr, N};
     run_gemm(*gemm, g);
   }
   return out;

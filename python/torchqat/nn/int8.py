@@ -17,7 +17,6 @@ weights re-pack for the loading machine.
 """
 
 import functools
-import os
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -233,7 +232,7 @@ def _describe(packed: torch.ScriptObject, input_scale: torch.Tensor,
         f"bias={packed.bias() is not None}",
         f"folded_bn={packed.out_multiplier() is not None}",
         f"activation={activation}",
-        f"kernel={packed.kernel()}",
+        f"kernel={packed.kernel_for_input(quant_min, quant_max)}",
     ]
     if source:
         parts.append("from=" + " + ".join(source))
@@ -350,7 +349,7 @@ class Int8Linear(_Int8Base):
         if bn is not None:
             mult, shift = _fold_batch_norm(bn, w.size(0), where)
         packed = torch.classes.torchqat.PackedLinear(w, s_w, _bias_of(qat_module), mult, shift,
-                                                     _kernel_for_range(kernel, qmin, qmax))
+                                                     kernel)
         return cls(packed, s_x, z_x, qmin, qmax, _activation_name(activation), name, source)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -383,24 +382,12 @@ class Int8Linear(_Int8Base):
         return ", ".join(parts)
 
 
-def _kernel_for_range(kernel: str, quant_min: int, quant_max: int) -> str:
-    """The GEMM kernel to pack for: ``kernel`` itself, except that "auto" becomes "avx2_u7" for
-    a 7-bit unsigned input range (within [0, 127]) where "auto" would take the 8-bit AVX2
-    kernel: exact there and faster (docs/int8_cpu.md). A kernel named in TORCHQAT_INT8_KERNEL
-    is left alone, and TORCHQAT_CPU_CAPABILITY is honoured (the resolution of "auto" is asked
-    of a one-element pack)."""
-    if (kernel != "auto" or quant_min < 0 or quant_max > 127
-            or os.environ.get("TORCHQAT_INT8_KERNEL")):
-        return kernel
-    probe = torch.classes.torchqat.PackedLinear(torch.zeros(1, 1, dtype=torch.int8),
-                                                torch.ones(1), None, None, None, "auto")
-    return "avx2_u7" if probe.kernel() == "avx2" else kernel
-
-
 def _pack_conv(qat_module: nn.Module, bn: Optional[nn.Module], where: str, kernel: str,
                as_2d: bool) -> torch.ScriptObject:
-    """The conv's packed weights; the input range picks the GEMM kernel (``_kernel_for_range``),
-    except for depthwise layers, whose "auto" is the direct depthwise kernel."""
+    """The conv's packed weights. With ``kernel="auto"`` the packed object picks per call: the
+    direct kernel for depthwise layers, the best GEMM kernel for this CPU, and on AVX2 CPUs
+    without VNNI the ``avx2_u7`` kernel for a 7-bit unsigned input range (its
+    ``kernel_for_input``)."""
     w, s_w = _quantized_weight(qat_module, where)
     mult = shift = None
     if bn is not None:
@@ -412,9 +399,6 @@ def _pack_conv(qat_module: nn.Module, bn: Optional[nn.Module], where: str, kerne
         w = w.unsqueeze(2)
         padding, stride, dilation = [0] + padding, [1] + stride, [1] + dilation
     groups = int(qat_module.groups)
-    if not groups == qat_module.in_channels == qat_module.out_channels:
-        iq = qat_module.input_quantizer
-        kernel = _kernel_for_range(kernel, int(iq.quant_min), int(iq.quant_max))
     return torch.classes.torchqat.PackedConv2d(w, s_w, _bias_of(qat_module), mult, shift,
                                                stride, padding, dilation, groups, kernel)
 
