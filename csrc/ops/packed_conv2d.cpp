@@ -132,51 +132,42 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
   }
   gemm_ = cpu::find_int8_gemm(kernel, &kernel_);
   if (gemm_ != nullptr) {
-    packed_group_bytes_ = pack_groups(*gemm_, &packed_);
+    packed_group_bytes_ = gemm_->packed_b_bytes(Ng, K);
+    packed_ = at::empty({groups * packed_group_bytes_}, at::TensorOptions().dtype(at::kChar));
+    pack_groups(*gemm_, packed_.mutable_data_ptr<int8_t>());
   } else {
     // torch._int_mm's [K, N] per group, rows in im2col's order (see pack_groups).
     packed_ = weight_.permute({0, 2, 3, 1}).contiguous().view({groups, Ng, K}).transpose(1, 2)
                   .contiguous();
   }
-  seven_bit_gemm_ = cpu::seven_bit_input_gemm(kernel, kernel_);
+  seven_bit_.init(kernel, kernel_);
 }
 
-int64_t PackedConv2d::pack_groups(const cpu::Int8GemmKernel& gemm, at::Tensor* out) const {
-  const int64_t O = out_channels(), Ng = O / groups_, K = depth();
+void PackedConv2d::pack_groups(const cpu::Int8GemmKernel& gemm, int8_t* out) const {
+  const int64_t Ng = out_channels() / groups_, K = depth();
   // Rows of B in the order im2col writes a window of the NHWC input: (ky, kx, channel).
   const at::Tensor w_nhwc = weight_.permute({0, 2, 3, 1}).contiguous().view({groups_, Ng, K});
   const int64_t group_bytes = gemm.packed_b_bytes(Ng, K);
-  *out = at::empty({groups_ * group_bytes}, at::TensorOptions().dtype(at::kChar));
   for (int64_t g = 0; g < groups_; ++g) {
-    gemm.pack_b(w_nhwc[g].const_data_ptr<int8_t>(), Ng, K,
-                out->mutable_data_ptr<int8_t>() + g * group_bytes);
+    gemm.pack_b(w_nhwc[g].const_data_ptr<int8_t>(), Ng, K, out + g * group_bytes);
   }
-  return group_bytes;
-}
-
-bool PackedConv2d::uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const {
-  return seven_bit_gemm_ != nullptr && a_min >= 0 && a_max <= seven_bit_gemm_->max_a;
 }
 
 cpu::PackedGemmWeights PackedConv2d::gemm_weights(int32_t a_min, int32_t a_max) const {
-  if (!uses_seven_bit_gemm(a_min, a_max)) {
+  if (!seven_bit_.applies(a_min, a_max)) {
     return {gemm_, gemm_ != nullptr ? packed_.const_data_ptr<int8_t>() : nullptr,
             packed_group_bytes_};
   }
-  std::call_once(seven_bit_once_, [this] {
-    at::Tensor packed;
-    seven_bit_group_bytes_ = pack_groups(*seven_bit_gemm_, &packed);
-    seven_bit_packed_ = std::move(packed);
+  return seven_bit_.weights([this](const cpu::Int8GemmKernel& gemm, at::Tensor* out) {
+    const int64_t group_bytes = gemm.packed_b_bytes(out_channels() / groups_, depth());
+    *out = at::empty({groups_ * group_bytes}, at::TensorOptions().dtype(at::kChar));
+    pack_groups(gemm, out->mutable_data_ptr<int8_t>());
+    return group_bytes;
   });
-  return {seven_bit_gemm_, seven_bit_packed_.const_data_ptr<int8_t>(), seven_bit_group_bytes_};
 }
 
 std::string PackedConv2d::kernel_for_input(int64_t quant_min, int64_t quant_max) const {
-  const int32_t a_shift = quant_min < 0 ? 128 : 0;  // int8_conv2d's unsigned A bytes
-  return uses_seven_bit_gemm(static_cast<int32_t>(quant_min) + a_shift,
-                             static_cast<int32_t>(quant_max) + a_shift)
-             ? std::string(seven_bit_gemm_->name)
-             : kernel_;
+  return seven_bit_.kernel_for_input(quant_min, quant_max, kernel_);
 }
 
 std::shared_ptr<const void> PackedConv2d::device_cache(

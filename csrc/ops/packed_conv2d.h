@@ -24,6 +24,7 @@
 
 #include "core/export.h"
 #include "ops/cpu/int8_kernels.h"
+#include "ops/seven_bit_packing.h"
 
 namespace torchqat {
 namespace ops {
@@ -103,14 +104,10 @@ class TORCHQAT_API PackedConv2d : public torch::CustomClassHolder {
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_, pairs_;
   int64_t packed_group_bytes_ = 0;
-  // Packs every group's [O / groups, K] weights for `gemm` into `out`; returns the bytes of one
-  // group.
-  int64_t pack_groups(const cpu::Int8GemmKernel& gemm, at::Tensor* out) const;
-  bool uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const;
-  const cpu::Int8GemmKernel* seven_bit_gemm_ = nullptr;
-  mutable std::once_flag seven_bit_once_;
-  mutable at::Tensor seven_bit_packed_;
-  mutable int64_t seven_bit_group_bytes_ = 0;
+  // Packs every group's [O / groups, K] weights for `gemm` at `out`, group g at
+  // g * gemm.packed_b_bytes(O / groups, K).
+  void pack_groups(const cpu::Int8GemmKernel& gemm, int8_t* out) const;
+  SevenBitPacking seven_bit_;
   static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
   mutable std::mutex device_mutex_;
   mutable std::array<std::shared_ptr<const void>, kMaxDevices> device_caches_;

@@ -61,34 +61,23 @@ PackedLinear::PackedLinear(const at::Tensor& weight, const at::Tensor& weight_sc
   }
   col_sum_ = weight_.sum(1, /*keepdim=*/false, at::kInt).contiguous();
   bias_or_zeros_ = bias_.has_value() ? *bias_ : at::zeros({N}, at::TensorOptions().dtype(at::kFloat));
-  seven_bit_gemm_ = cpu::seven_bit_input_gemm(kernel, kernel_);
-}
-
-bool PackedLinear::uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const {
-  return seven_bit_gemm_ != nullptr && a_min >= 0 && a_max <= seven_bit_gemm_->max_a;
+  seven_bit_.init(kernel, kernel_);
 }
 
 cpu::PackedGemmWeights PackedLinear::gemm_weights(int32_t a_min, int32_t a_max) const {
-  if (!uses_seven_bit_gemm(a_min, a_max)) {
+  if (!seven_bit_.applies(a_min, a_max)) {
     return {gemm_, gemm_ != nullptr ? packed_.const_data_ptr<int8_t>() : nullptr, 0};
   }
-  std::call_once(seven_bit_once_, [this] {
+  return seven_bit_.weights([this](const cpu::Int8GemmKernel& gemm, at::Tensor* out) {
     const int64_t N = out_features(), K = in_features();
-    at::Tensor packed = at::empty({seven_bit_gemm_->packed_b_bytes(N, K)},
-                                  at::TensorOptions().dtype(at::kChar));
-    seven_bit_gemm_->pack_b(weight_.const_data_ptr<int8_t>(), N, K,
-                            packed.mutable_data_ptr<int8_t>());
-    seven_bit_packed_ = std::move(packed);
+    *out = at::empty({gemm.packed_b_bytes(N, K)}, at::TensorOptions().dtype(at::kChar));
+    gemm.pack_b(weight_.const_data_ptr<int8_t>(), N, K, out->mutable_data_ptr<int8_t>());
+    return int64_t{0};
   });
-  return {seven_bit_gemm_, seven_bit_packed_.const_data_ptr<int8_t>(), 0};
 }
 
 std::string PackedLinear::kernel_for_input(int64_t quant_min, int64_t quant_max) const {
-  const int32_t a_shift = quant_min < 0 ? 128 : 0;  // int8_linear's unsigned A bytes
-  return uses_seven_bit_gemm(static_cast<int32_t>(quant_min) + a_shift,
-                             static_cast<int32_t>(quant_max) + a_shift)
-             ? std::string(seven_bit_gemm_->name)
-             : kernel_;
+  return seven_bit_.kernel_for_input(quant_min, quant_max, kernel_);
 }
 
 std::shared_ptr<const DevicePack> PackedLinear::device_pack(const c10::Device& device) const {

@@ -21,6 +21,7 @@
 
 #include "core/export.h"
 #include "ops/cpu/int8_kernels.h"
+#include "ops/seven_bit_packing.h"
 
 namespace torchqat {
 namespace ops {
@@ -91,10 +92,7 @@ class TORCHQAT_API PackedLinear : public torch::CustomClassHolder {
   std::string kernel_;
   const cpu::Int8GemmKernel* gemm_ = nullptr;
   at::Tensor packed_, col_sum_, bias_or_zeros_;
-  bool uses_seven_bit_gemm(int32_t a_min, int32_t a_max) const;
-  const cpu::Int8GemmKernel* seven_bit_gemm_ = nullptr;
-  mutable std::once_flag seven_bit_once_;
-  mutable at::Tensor seven_bit_packed_;
+  SevenBitPacking seven_bit_;
   static constexpr int kMaxDevices = 64;  // c10 allows at most 64 devices of a type
   mutable std::mutex device_mutex_;
   mutable std::array<std::shared_ptr<const DevicePack>, kMaxDevices> device_packs_;

@@ -88,17 +88,20 @@ def _fake_quantize_backward_fake(grad, input, scale, zero_point, quant_min, quan
     return _same_layout(input)
 
 
+def _lsq_parameter_grads(scale, zero_point):
+    """The scale and zero-point gradients of the LSQ backward operators: scale's shape and dtype;
+    zero_point's shape, in its float dtype or else scale's."""
+    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
+    return (torch.empty_like(scale, memory_format=torch.contiguous_format),
+            torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device))
+
+
 @torch.library.register_fake("torchqat::fake_quantize_lsq_backward")
 def _fake_quantize_lsq_backward_fake(grad, input, scale, zero_point, quant_min, quant_max,
                                      axis=None, grad_factor=1.0):
     _check_devices("fake_quantize_lsq_backward", input, grad=grad, scale=scale,
                    zero_point=zero_point)
-    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
-    return (
-        _same_layout(input),
-        torch.empty_like(scale, memory_format=torch.contiguous_format),
-        torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device),
-    )
+    return (_same_layout(input),) + _lsq_parameter_grads(scale, zero_point)
 
 
 @torch.library.register_fake("torchqat::fake_quantize_backward_")
@@ -113,11 +116,7 @@ def _fake_quantize_lsq_backward_inplace_fake(grad, input, scale, zero_point, qua
                                              quant_max, axis=None, grad_factor=1.0):
     _check_devices("fake_quantize_lsq_backward_", input, grad=grad, scale=scale,
                    zero_point=zero_point)
-    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else scale.dtype
-    return (
-        torch.empty_like(scale, memory_format=torch.contiguous_format),
-        torch.empty(zero_point.shape, dtype=zp_dtype, device=zero_point.device),
-    )
+    return _lsq_parameter_grads(scale, zero_point)
 
 
 def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:

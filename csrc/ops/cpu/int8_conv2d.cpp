@@ -210,7 +210,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& input, const at::Tensor& input_scal
 
   // Quantize once into NHWC bytes; signed ranges are stored as q + 128, their zero point alike.
   const at::Tensor x = nhwc(input.to(at::kFloat));
-  const int32_t a_shift = quant_min < 0 ? 128 : 0;
+  const int32_t a_shift = unsigned_a_shift(quant_min);
   const PackedGemmWeights w = packed->gemm_weights(static_cast<int32_t>(quant_min) + a_shift,
                                                    static_cast<int32_t>(quant_max) + a_shift);
   check_kernel_operand_range(op, w.gemm, quant_min, quant_max, a_shift);

@@ -136,5 +136,9 @@ struct PackedGemmWeights {
   int64_t group_bytes = 0;
 };
 
+// The A-byte shift of our GEMM kernels, which take unsigned bytes: signed activation ranges are
+// stored as q + 128.
+inline int32_t unsigned_a_shift(int64_t quant_min) { return quant_min < 0 ? 128 : 0; }
+
 }  // namespace cpu
 }  // namespace torchqat

@@ -125,7 +125,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& input_scal
     int_mm_epilogue(a, *packed, e, out.mutable_data_ptr<float>(), nullptr);
   } else {
     // Our kernels take unsigned bytes: signed activations are shifted up by 128.
-    const int32_t a_shift = quant_min < 0 ? 128 : 0;
+    const int32_t a_shift = unsigned_a_shift(quant_min);
     const PackedGemmWeights w = packed->gemm_weights(static_cast<int32_t>(quant_min) + a_shift,
                                                      static_cast<int32_t>(quant_max) + a_shift);
     gemm = w.gemm;
