@@ -136,16 +136,22 @@ class FakeQuantizer(nn.Module):
         if self.learnable:
             # Straight-through clamp: value max(scale, MIN_SCALE), gradient 1 (see module doc).
             scale = torch.ops.torchqat.clamp_min_ste(self.scale, self.min_scale)
-            grad_factor = self.grad_factor
-            if grad_factor <= 0.0:
-                per_scale = max(x.numel() // scale.numel(), 1)
-                grad_factor = 1.0 / math.sqrt(per_scale * self.quant_max)
             return torch.ops.torchqat.fake_quantize_lsq(
-                x, scale, self.zero_point, self.quant_min, self.quant_max, self.axis, grad_factor
+                x, scale, self.zero_point, self.quant_min, self.quant_max, self.axis,
+                self.lsq_grad_factor(x)
             )
         return torch.ops.torchqat.fake_quantize(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.axis
         )
+
+    def lsq_grad_factor(self, x: torch.Tensor) -> float:
+        """The factor on the learnable scale's and zero point's gradients for input ``x``: the
+        spec's ``grad_factor``, or LSQ's ``1 / sqrt(elements per scale * quant_max)``."""
+        grad_factor = self.grad_factor
+        if grad_factor <= 0.0:
+            per_scale = max(x.numel() // self.scale.numel(), 1)
+            grad_factor = 1.0 / math.sqrt(per_scale * self.quant_max)
+        return grad_factor
 
     @torch.jit.unused
     def _observe(self, x: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .input_scale_grad import InputScaleAdjointConv2d, uses_input_scale_adjoint
 from .quant_module import DEFAULT_SPEC, QuantModuleMixin, SpecArg
 
 __all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantConvTranspose2d"]
@@ -69,8 +70,22 @@ class QuantConv2d(QuantModuleMixin, nn.Conv2d):
         return _conv_kwargs(m)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if uses_input_scale_adjoint(self, input):
+                return self._forward_input_scale_adjoint(input)
         return self._conv_forward(self.input_quantizer(input), self.weight_quantizer(self.weight),
                                   self.bias)
+
+    @torch.jit.unused
+    def _forward_input_scale_adjoint(self, input: torch.Tensor) -> torch.Tensor:
+        # An input that needs no gradient (the model's image): the learnable input scale's
+        # gradient without the convolution's input gradient (nn/input_scale_grad.py).
+        q = self.input_quantizer
+        scale = torch.ops.torchqat.clamp_min_ste(q.scale, q.min_scale)
+        return InputScaleAdjointConv2d.apply(
+            input, self.weight_quantizer(self.weight), self.bias, scale, q.zero_point,
+            q.quant_min, q.quant_max, q.lsq_grad_factor(input), self.stride, self.padding,
+            self.dilation, self.groups)
 
 
 class QuantConv3d(QuantModuleMixin, nn.Conv3d):

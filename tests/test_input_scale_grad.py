@@ -1,0 +1,192 @@
+"""QuantConv2d on an input that needs no gradient (the model's image): the learnable input scale's
+and zero point's gradients by the adjoint identity (torchqat/nn/input_scale_grad.py), checked
+against a float64 plain-PyTorch reference (conv input gradient by autograd, then the LSQ table of
+fake_quantize_reference.py) and against the plain path; and the conditions under which the plain
+path is kept."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchqat as tq
+from torchqat.nn import QuantConv2d
+from torchqat.nn.input_scale_grad import uses_input_scale_adjoint
+
+from fake_quantize_reference import assert_sum_close, reference_forward, reference_lsq_backward
+
+ADJOINT = "InputScaleAdjointConv2dBackward"
+
+
+def make_conv(spec: tq.QuantSpec, x: torch.Tensor, dtype=torch.float32, **conv_kwargs):
+    torch.manual_seed(1)
+    float_conv = nn.Conv2d(x.size(1), 6, 3, **conv_kwargs).to(dtype)
+    conv = QuantConv2d.from_float(float_conv, activation_spec=spec).train()
+    tq.calibrate(conv, [x], progress=False)
+    return conv
+
+
+def grads(conv: nn.Module, x: torch.Tensor, dout: torch.Tensor):
+    conv.zero_grad(set_to_none=True)
+    out = conv(x)
+    out.backward(dout)
+    return out, {n: p.grad.clone() for n, p in conv.named_parameters() if p.grad is not None}
+
+
+def reference_input_grads(conv: QuantConv2d, x: torch.Tensor, dout: torch.Tensor):
+    """(dscale, dzero_point, mag_ds, mag_dz, n): the input quantizer's gradients in float64,
+    from the conv's input gradient computed by autograd on the float64 reference forward."""
+    q = conv.input_quantizer
+    scale = q.scale.detach().clamp_min(q.min_scale)
+    y, _, _, _ = reference_forward(x.double(), scale, q.zero_point, q.quant_min, q.quant_max)
+    y = y.detach().requires_grad_(True)
+    w = conv.weight_quantizer(conv.weight).detach().double()
+    out = F.conv2d(y, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    (dy,) = torch.autograd.grad(out, y, dout.double())
+    _, ds, dz, mag_ds, mag_dz, n = reference_lsq_backward(
+        dy, x.double(), scale, q.zero_point, q.quant_min, q.quant_max, None,
+        q.lsq_grad_factor(x))
+    return ds, dz, mag_ds, mag_dz, n
+
+
+AFFINE = tq.QuantSpec(bits=8, symmetric=False, learnable=True)
+SYMMETRIC = tq.QuantSpec(bits=8, symmetric=True, learnable=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spec", [AFFINE, SYMMETRIC], ids=["affine", "symmetric"])
+@pytest.mark.parametrize("conv_kwargs", [
+    dict(stride=2, padding=1),
+    dict(stride=1, padding=2, dilation=2, bias=False),
+    dict(stride=(2, 1), padding=(0, 1)),
+], ids=["s2p1", "dilated-nobias", "asym"])
+@pytest.mark.parametrize("clipped", [False, True], ids=["inside", "clipped"])
+def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clipped):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 17, 19, generator=g, dtype=dtype)
+    conv = make_conv(spec, x, dtype, **conv_kwargs)
+    if clipped:  # inputs beyond the calibrated range: some elements clip at both ends
+        x = (x - 0.5) * 3.0
+    assert uses_input_scale_adjoint(conv, x)
+    out = conv(x)
+    dout = torch.randn(out.shape, generator=g, dtype=dtype)
+
+    out_adj, g_adj = grads(conv, x, dout)
+    assert out_adj.grad_fn.name() == ADJOINT
+    plain = copy.deepcopy(conv)
+    out_plain, g_plain = grads(plain, x.clone().requires_grad_(True), dout)
+    assert out_plain.grad_fn.name() != ADJOINT
+    assert torch.equal(out_adj, out_plain)  # the same forward, bit for bit
+    assert set(g_adj) == set(g_plain)
+
+    ds, dz, mag_ds, mag_dz, n = reference_input_grads(conv, x, dout)
+    # Two float32 convolutions and a dot over the output: the tolerance of a sum of
+    # out.numel() * taps terms in the compute dtype.
+    taps = conv.weight[0].numel()
+    assert_sum_close(g_adj["input_quantizer.scale"], ds, mag_ds, n * taps, dtype,
+                     "adjoint input scale gradient")
+    assert_sum_close(g_plain["input_quantizer.scale"], ds, mag_ds, n * taps, dtype,
+                     "plain input scale gradient")
+    if spec is AFFINE:
+        assert_sum_close(g_adj["input_quantizer.zero_point"], dz, mag_dz, n * taps, dtype,
+                         "adjoint zero point gradient")
+        if clipped:
+            assert g_adj["input_quantizer.zero_point"].abs().item() > 0
+        else:
+            assert g_adj["input_quantizer.zero_point"].item() == 0.0
+    for name in ("weight", "bias", "weight_quantizer.scale"):
+        if name in g_plain:
+            torch.testing.assert_close(g_adj[name], g_plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_detector_training_step_gradients_match_plain_path():
+    from qat_models import TinyDetector, detector_loss
+
+    torch.manual_seed(0)
+    batch = torch.rand(2, 3, 64, 64)
+    qmodel = tq.prepare_qat(TinyDetector())
+    tq.calibrate(qmodel, [batch], progress=False)
+    qmodel.train()
+    plain = copy.deepcopy(qmodel)
+    out_adj = qmodel(batch)
+    out_plain = plain(batch.clone().requires_grad_(True))
+    for a, b in zip(out_adj, out_plain):
+        assert torch.equal(a, b)
+    detector_loss(out_adj).backward()
+    detector_loss(out_plain).backward()
+    stem_scale = qmodel.stem.conv.input_quantizer.scale
+    assert stem_scale.grad is not None and stem_scale.grad.abs().item() > 0
+    for (name, p), (_, q) in zip(qmodel.named_parameters(), plain.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _plain_cases():
+    x = torch.rand(2, 3, 9, 9)
+
+    def requires_grad(conv):
+        return conv, x.clone().requires_grad_(True)
+
+    def no_grad(conv):
+        return conv, x
+
+    def fixed_scale(conv):
+        conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3), activation_spec=tq.QuantSpec(
+            bits=8, symmetric=False, learnable=False))
+        tq.calibrate(conv, [x], progress=False)
+        return conv, x
+
+    def pass_through(conv):
+        conv.input_quantizer.mode = "pass_through"
+        return conv, x
+
+    def hooked(conv):
+        conv.input_quantizer.register_forward_hook(lambda m, i, o: None)
+        return conv, x
+
+    def reflect(conv):
+        conv.padding_mode = "reflect"
+        conv.padding = (1, 1)
+        conv._reversed_padding_repeated_twice = [1, 1, 1, 1]
+        return conv, x
+
+    def frozen_scale(conv):
+        conv.input_quantizer.scale.requires_grad_(False)
+        conv.input_quantizer.zero_point.requires_grad_(False)
+        return conv, x
+
+    return {"input requires grad": requires_grad, "fixed scale": fixed_scale,
+            "pass_through": pass_through, "hook on the quantizer": hooked,
+            "reflect padding": reflect, "frozen scale": frozen_scale, "no_grad": no_grad}
+
+
+@pytest.mark.parametrize("case", list(_plain_cases()))
+def test_plain_path_kept(case):
+    x = torch.rand(2, 3, 9, 9)
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3), activation_spec=AFFINE).train()
+    tq.calibrate(conv, [x], progress=False)
+    conv, x = _plain_cases()[case](conv)
+    if case == "no_grad":
+        with torch.no_grad():
+            assert not uses_input_scale_adjoint(conv, x)
+        return
+    assert not uses_input_scale_adjoint(conv, x)
+    out = conv(x)
+    assert out.grad_fn is None or out.grad_fn.name() != ADJOINT
+
+
+def test_autocast_and_scripting_keep_the_plain_path():
+    x = torch.rand(2, 3, 9, 9)
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3), activation_spec=AFFINE).train()
+    tq.calibrate(conv, [x], progress=False)
+    assert uses_input_scale_adjoint(conv, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_input_scale_adjoint(conv, x)
+    scripted = torch.jit.script(copy.deepcopy(conv))
+    out = scripted(x)
+    assert torch.equal(out, conv(x))
+    out.sum().backward()  # the scripted module trains through the plain path
+    assert scripted.input_quantizer.scale.grad is not None
