@@ -58,7 +58,10 @@ TORCH_LIBRARY(torchqat, m) {
       "int quant_min, "
       "int quant_max, "
       "int? axis=None, "
-      "float grad_factor=1.0"  // multiplies the scale and zero-point gradients (LSQ's g)
+      "float grad_factor=1.0, "  // multiplies the scale and zero-point gradients (LSQ's g)
+      "float min_scale=0.0"  // > 0: the forward uses max(scale, min_scale) and the scale's
+                             // gradient passes the floor unchanged (straight through), as
+                             // clamp_min_ste, in the same autograd node
       ") -> Tensor");
   m.def(
       "fake_quantize_lsq_backward("

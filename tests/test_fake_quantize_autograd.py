@@ -381,3 +381,48 @@ def test_clamp_min_ste_opcheck_and_errors(device):
         ops.clamp_min_ste(torch.tensor([1, 2], device=device), 0.5)
     with pytest.raises(RuntimeError, match="clamp_min_ste: min must be finite"):
         ops.clamp_min_ste(s, float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# fake_quantize_lsq's min_scale: the same straight-through floor inside the operator's own node
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_lsq_min_scale_equals_clamp_min_ste_composition(device, generator, axis):
+    g, x, s, z, qmin, qmax = _opcheck_args(axis, "contiguous", device, generator, True)
+    floor = float(s.detach().median()) * 1.01  # per channel about half the scales lie below
+    s_ref = s.detach().clone().requires_grad_()
+    z_ref = z.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y = ops.fake_quantize_lsq(x, s, z, qmin, qmax, axis, 0.5, floor)
+    y_ref = ops.fake_quantize_lsq(x_ref, ops.clamp_min_ste(s_ref, floor), z_ref, qmin, qmax,
+                                  axis, 0.5)
+    assert torch.equal(y, y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.equal(x.grad, x_ref.grad)
+    assert torch.equal(s.grad, s_ref.grad)   # straight through: also below the floor
+    assert torch.equal(z.grad, z_ref.grad)
+    assert bool((s.detach() < floor).any()) and bool((s.grad[s.detach() < floor] != 0).any())
+
+
+def test_lsq_min_scale_without_autograd_and_opcheck(device, generator):
+    g, x, s, z, qmin, qmax = _opcheck_args(None, "contiguous", device, generator, False)
+    low = torch.full_like(s, -0.25)   # a scale an optimizer pushed below zero
+    with torch.inference_mode():     # the backend kernel itself, no autograd node
+        y = ops.fake_quantize_lsq(x, low, z, qmin, qmax, None, 1.0, 0.01)
+    assert torch.equal(y, ops.fake_quantize_lsq(x, torch.full_like(s, 0.01), z, qmin, qmax))
+    args = (x.requires_grad_(), low.requires_grad_(), z.requires_grad_(), qmin, qmax, None,
+            0.5, 0.01)
+    opcheck(ops.fake_quantize_lsq.default, args)
+
+
+def test_lsq_min_scale_errors(device, generator):
+    _, x, s, z, qmin, qmax = _opcheck_args(None, "contiguous", device, generator, False)
+    for bad in (-1e-3, float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match="fake_quantize_lsq: min_scale must be finite "
+                                               "and >= 0"):
+            ops.fake_quantize_lsq(x, s, z, qmin, qmax, None, 1.0, bad)
+    # min_scale = 0 applies no floor: a non-positive scale is still refused.
+    with pytest.raises(RuntimeError, match="scale"):
+        ops.fake_quantize_lsq(x, torch.zeros_like(s), z, qmin, qmax, None, 1.0, 0.0)

@@ -190,6 +190,15 @@ void check_grad_factor(const char* op, double grad_factor) {
   TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
 }
 
+at::Tensor floor_scale(const char* op, const at::Tensor& scale, double min_scale) {
+  TORCH_CHECK(std::isfinite(min_scale) && min_scale >= 0.0, op,
+              ": min_scale must be finite and >= 0, got ", min_scale);
+  if (min_scale == 0.0) return scale;
+  TORCH_CHECK(scale.is_floating_point(), op, ": scale must be float32 or float64, got ",
+              scale.scalar_type());
+  return at::clamp_min(scale, min_scale);
+}
+
 FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProblem& problem,
                             std::optional<at::ScalarType> dtype) {
   const at::ScalarType t = dtype.value_or(caller_input.scalar_type());

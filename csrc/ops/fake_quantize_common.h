@@ -39,6 +39,10 @@ FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
 
 void check_grad_factor(const char* op, double grad_factor);
 
+// fake_quantize_lsq's min_scale: max(scale, min_scale) when min_scale > 0, else scale itself.
+// Checks that min_scale is finite and >= 0.
+at::Tensor floor_scale(const char* op, const at::Tensor& scale, double min_scale);
+
 // The output of an element-wise result: empty_like(input) keeps the caller's strides, which is
 // what the fake (meta) implementations promise. `work` is where the kernel writes: the output
 // itself, or a dense temporary when the problem works on a copy.

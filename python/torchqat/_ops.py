@@ -76,7 +76,7 @@ def _fake_quantize_fake(input, scale, zero_point, quant_min, quant_max, axis=Non
 
 @torch.library.register_fake("torchqat::fake_quantize_lsq")
 def _fake_quantize_lsq_fake(input, scale, zero_point, quant_min, quant_max, axis=None,
-                            grad_factor=1.0):
+                            grad_factor=1.0, min_scale=0.0):
     _check_devices("fake_quantize_lsq", input, scale=scale, zero_point=zero_point)
     return _same_layout(input)
 

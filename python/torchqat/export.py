@@ -355,7 +355,8 @@ def _dynamo_translation_table(opset: int) -> Dict[Any, Any]:
         return op.DequantizeLinear(q, scale, zp, **axis_kw(axis))
 
     def fake_quantize(x, scale, zero_point, quant_min: int, quant_max: int,
-                      axis: Optional[int] = None, grad_factor: float = 1.0):
+                      axis: Optional[int] = None, grad_factor: float = 1.0,
+                      min_scale: float = 0.0):
         # A raw operator call outside a FakeQuantizer: qparams are graph values here.
         type_range = _activation_type_range(quant_min, quant_max, opset)
         if type_range is None:
@@ -378,6 +379,8 @@ def _dynamo_translation_table(opset: int) -> Dict[Any, Any]:
             zp_float = op.Clip(op.Round(zp_float), op.Constant(value_float=float(quant_min)),
                                op.Constant(value_float=float(quant_max)))
         scale = op.Cast(scale, to=ir.DataType.FLOAT)
+        if min_scale > 0.0:  # fake_quantize_lsq's floor: max(scale, min_scale)
+            scale = op.Max(scale, op.Constant(value_float=float(min_scale)))
         if axis is None:
             scale = op.Reshape(scale, shape_constant([]))
             zp_float = op.Reshape(zp_float, shape_constant([]))

@@ -56,6 +56,7 @@ def fake_quantize_lsq(
     quant_max: int,
     axis: Optional[int] = None,
     grad_factor: float = 1.0,
+    min_scale: float = 0.0,
 ) -> torch.Tensor:
     """Fake-quantizes ``input`` with learnable ``scale`` and ``zero_point`` (LSQ / LSQ+).
 
@@ -71,11 +72,17 @@ def fake_quantize_lsq(
     A float ``zero_point`` is used as ``clamp(round_half_even(z), quant_min, quant_max)`` in both
     directions. NaN inputs give NaN outputs and zero gradients.
 
-    Args: as :func:`fake_quantize`, plus ``grad_factor`` (finite float).
+    With ``min_scale > 0`` the scale used is ``max(scale, min_scale)`` and the scale's gradient
+    passes that floor unchanged (a straight-through floor: a scale an optimizer pushed below it
+    still receives gradient and can recover). ``FakeQuantizer`` keeps learnable scales positive
+    this way, without reading a device value.
+
+    Args: as :func:`fake_quantize`, plus ``grad_factor`` (finite float) and ``min_scale``
+    (finite, >= 0; 0 applies no floor).
 
     Returns:
         A tensor with ``input``'s shape, dtype and strides.
     """
     return torch.ops.torchqat.fake_quantize_lsq(
-        input, scale, zero_point, quant_min, quant_max, axis, grad_factor
+        input, scale, zero_point, quant_min, quant_max, axis, grad_factor, min_scale
     )

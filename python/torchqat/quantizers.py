@@ -11,9 +11,9 @@ gradients of ``torch.ops.torchqat.fake_quantize_lsq``; fixed ones are buffers an
 ``torch.ops.torchqat.fake_quantize`` (gradient to the input only).
 
 Positivity of a learnable scale: the forward uses ``max(scale, MIN_SCALE)`` through a
-straight-through clamp, ``torch.ops.torchqat.clamp_min_ste(scale, MIN_SCALE)`` (one autograd node;
-the same as ``scale.clamp_min(MIN_SCALE).detach() + (scale - scale.detach())``). Its
-value is exactly the clamped scale (so the operator's ``scale > 0`` check can never fire and no
+straight-through floor, ``fake_quantize_lsq``'s ``min_scale`` argument (inside the operator's one
+autograd node; the same as ``scale.clamp_min(MIN_SCALE).detach() + (scale - scale.detach())``
+and as ``torch.ops.torchqat.clamp_min_ste``). Its value is exactly the clamped scale (so the operator's ``scale > 0`` check can never fire and no
 device value is read on the host) and its gradient reaches ``scale`` unchanged, so a scale that an
 optimizer pushed below the floor keeps receiving gradient and can recover — unlike a plain
 ``clamp``, whose gradient is zero there, or ``abs(scale) + eps``, which shifts every scale.
@@ -135,10 +135,10 @@ class FakeQuantizer(nn.Module):
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.learnable:
             # Straight-through clamp: value max(scale, MIN_SCALE), gradient 1 (see module doc).
-            scale = torch.ops.torchqat.clamp_min_ste(self.scale, self.min_scale)
+            # The straight-through floor max(scale, MIN_SCALE) inside the operator (module doc).
             return torch.ops.torchqat.fake_quantize_lsq(
-                x, scale, self.zero_point, self.quant_min, self.quant_max, self.axis,
-                self.lsq_grad_factor(x)
+                x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.axis,
+                self.lsq_grad_factor(x), self.min_scale
             )
         return torch.ops.torchqat.fake_quantize(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.axis

@@ -8,7 +8,7 @@
 namespace {
 
 using FakeQuantizeLsq = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   int64_t, int64_t, std::optional<int64_t>, double);
+                                   int64_t, int64_t, std::optional<int64_t>, double, double);
 using FakeQuantize = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                 int64_t, std::optional<int64_t>);
 
@@ -49,7 +49,7 @@ TEST(Ops, LsqTrainsScaleInCpp) {
   const auto x = torch::randn({64}) * 10;  // many elements saturate at this scale
   auto scale = torch::tensor({0.01f}, torch::requires_grad());
   auto zp = torch::tensor({0.0f}, torch::requires_grad());
-  const auto y = fake_quantize_lsq_op().call(x, scale, zp, -8, 7, std::nullopt, 1.0);
+  const auto y = fake_quantize_lsq_op().call(x, scale, zp, -8, 7, std::nullopt, 1.0, 0.0);
   y.sum().backward();
   ASSERT_TRUE(scale.grad().defined());
   ASSERT_TRUE(zp.grad().defined());

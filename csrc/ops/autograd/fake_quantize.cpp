@@ -6,6 +6,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/fake_quantize_common.h"
+
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -141,19 +143,22 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& scale, const at::Tensor& zero_point,
                             int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis,
-                            double grad_factor) {
+                            double grad_factor, double min_scale) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, int64_t, int64_t,
-                                           std::optional<int64_t>, double)>();
+                                           std::optional<int64_t>, double, double)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input, scale, zero_point});
+    // The floor is applied here, once: the backward sees the scale the forward used, and the
+    // scale's gradient is returned for `scale` unchanged (straight through the floor).
+    const at::Tensor floored = ops::floor_scale("fake_quantize_lsq", scale, min_scale);
+    ctx->save_for_backward({input, floored, zero_point});
     ctx->saved_data["quant_min"] = quant_min;
     ctx->saved_data["quant_max"] = quant_max;
     ctx->saved_data["axis"] = optional_axis(axis);
     ctx->saved_data["grad_factor"] = grad_factor;
-    return op.call(input, scale, zero_point, quant_min, quant_max, axis, grad_factor);
+    return op.call(input, floored, zero_point, quant_min, quant_max, axis, grad_factor, 0.0);
   }
 
   // grad_outputs by reference: CppNode passes its own list, so moving the gradient out of it
@@ -179,7 +184,8 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
     // An integer zero point cannot require grad; report none rather than a float tensor.
     if (!ctx->needs_input_grad(2)) dzero_point = at::Tensor();
     if (!ctx->needs_input_grad(1)) dscale = at::Tensor();
-    return {dx, dscale, dzero_point, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,          dscale,      dzero_point, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -338,9 +344,9 @@ at::Tensor fake_quantize_autograd(const at::Tensor& input, const at::Tensor& sca
 at::Tensor fake_quantize_lsq_autograd(const at::Tensor& input, const at::Tensor& scale,
                                       const at::Tensor& zero_point, int64_t quant_min,
                                       int64_t quant_max, std::optional<int64_t> axis,
-                                      double grad_factor) {
+                                      double grad_factor, double min_scale) {
   return FakeQuantizeLsq::apply(input, scale, zero_point, quant_min, quant_max, axis,
-                                grad_factor);
+                                grad_factor, min_scale);
 }
 
 at::Tensor fake_quantize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,

@@ -98,9 +98,11 @@ at::Tensor fake_quantize_cpu(const at::Tensor& input, const at::Tensor& scale,
 at::Tensor fake_quantize_lsq_cpu(const at::Tensor& input, const at::Tensor& scale,
                                  const at::Tensor& zero_point, int64_t quant_min,
                                  int64_t quant_max, std::optional<int64_t> axis,
-                                 double grad_factor) {
+                                 double grad_factor, double min_scale) {
   ops::check_grad_factor("fake_quantize_lsq", grad_factor);
-  return forward_impl("fake_quantize_lsq", input, scale, zero_point, quant_min, quant_max, axis);
+  return forward_impl("fake_quantize_lsq", input,
+                      ops::floor_scale("fake_quantize_lsq", scale, min_scale), zero_point,
+                      quant_min, quant_max, axis);
 }
 
 at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& input,

@@ -704,9 +704,10 @@ at::Tensor fake_quantize_cuda(const at::Tensor& input, const at::Tensor& scale,
 at::Tensor fake_quantize_lsq_cuda(const at::Tensor& input, const at::Tensor& scale,
                                   const at::Tensor& zero_point, int64_t quant_min,
                                   int64_t quant_max, std::optional<int64_t> axis,
-                                  double grad_factor) {
+                                  double grad_factor, double min_scale) {
   ops::check_grad_factor("fake_quantize_lsq", grad_factor);
-  return forward_impl(OpId::kFakeQuantizeLsq, "fake_quantize_lsq", input, scale, zero_point,
+  return forward_impl(OpId::kFakeQuantizeLsq, "fake_quantize_lsq", input,
+                      ops::floor_scale("fake_quantize_lsq", scale, min_scale), zero_point,
                       quant_min, quant_max, axis);
 }
 

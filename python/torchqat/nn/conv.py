@@ -81,11 +81,10 @@ class QuantConv2d(QuantModuleMixin, nn.Conv2d):
         # An input that needs no gradient (the model's image): the learnable input scale's
         # gradient without the convolution's input gradient (nn/input_scale_grad.py).
         q = self.input_quantizer
-        scale = torch.ops.torchqat.clamp_min_ste(q.scale, q.min_scale)
         return InputScaleAdjointConv2d.apply(
-            input, self.weight_quantizer(self.weight), self.bias, scale, q.zero_point,
-            q.quant_min, q.quant_max, q.lsq_grad_factor(input), self.stride, self.padding,
-            self.dilation, self.groups)
+            input, self.weight_quantizer(self.weight), self.bias, q.scale, q.zero_point,
+            q.quant_min, q.quant_max, q.lsq_grad_factor(input), q.min_scale, self.stride,
+            self.padding, self.dilation, self.groups)
 
 
 class QuantConv3d(QuantModuleMixin, nn.Conv3d):

@@ -52,7 +52,11 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scale, zero_point, quant_min: int, quant_max: int,
-                grad_factor: float, stride, padding, dilation, groups: int):
+                grad_factor: float, min_scale: float, stride, padding, dilation, groups: int):
+        # The straight-through floor of fake_quantize_lsq's min_scale: the maps use the floored
+        # scale, and the gradient computed for it is returned for `scale` unchanged.
+        if min_scale > 0.0:
+            scale = scale.clamp_min(min_scale)
         y = torch.ops.torchqat.fake_quantize_lsq(x, scale, zero_point, quant_min, quant_max,
                                                  None, grad_factor)
         out = F.conv2d(y, weight, bias, stride, padding, dilation, groups)
@@ -94,7 +98,7 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                     grad_z = torch.zeros(zero_point.shape, dtype=torch.float32,
                                          device=zero_point.device)
                 grad_z = grad_z.to(zero_point.dtype)
-        return (None, grad_w, grad_b, grad_s, grad_z, None, None, None, None, None, None, None)
+        return (None, grad_w, grad_b, grad_s, grad_z) + (None,) * 8
 
 
 def uses_input_scale_adjoint(conv: nn.Conv2d, x: torch.Tensor) -> bool:
