@@ -62,13 +62,18 @@ SYMMETRIC = tq.QuantSpec(bits=8, symmetric=True, learnable=True)
     dict(stride=1, padding=2, dilation=2, bias=False),
     dict(stride=(2, 1), padding=(0, 1)),
 ], ids=["s2p1", "dilated-nobias", "asym"])
-@pytest.mark.parametrize("clipped", [False, True], ids=["inside", "clipped"])
+@pytest.mark.parametrize("clipped", ["none", "few", "many"])
 def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clipped):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 17, 19, generator=g, dtype=dtype)
     conv = make_conv(spec, x, dtype, **conv_kwargs)
-    if clipped:  # inputs beyond the calibrated range: some elements clip at both ends
+    if clipped == "many":  # beyond the calibrated range: many elements clip at both ends
         x = (x - 0.5) * 3.0
+    elif clipped == "few":  # a handful, at borders and inside: the zero point's sparse path
+        x = x.clone()
+        for n, c, h, w, v in [(0, 0, 0, 0, 9.0), (1, 2, 16, 18, -9.0), (0, 1, 7, 3, 5.0),
+                              (1, 0, 0, 11, -4.0)]:
+            x[n, c, h, w] = v
     assert uses_input_scale_adjoint(conv, x)
     out = conv(x)
     dout = torch.randn(out.shape, generator=g, dtype=dtype)
@@ -92,7 +97,7 @@ def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clip
     if spec is AFFINE:
         assert_sum_close(g_adj["input_quantizer.zero_point"], dz, mag_dz, n * taps, dtype,
                          "adjoint zero point gradient")
-        if clipped:
+        if clipped != "none":
             assert g_adj["input_quantizer.zero_point"].abs().item() > 0
         else:
             assert g_adj["input_quantizer.zero_point"].item() == 0.0
@@ -190,3 +195,34 @@ def test_autocast_and_scripting_keep_the_plain_path():
     assert torch.equal(out, conv(x))
     out.sum().backward()  # the scripted module trains through the plain path
     assert scripted.input_quantizer.scale.grad is not None
+
+
+@pytest.mark.parametrize("conv_kwargs", [
+    dict(stride=1, padding=1),
+    dict(stride=2, padding=1),
+    dict(stride=(2, 3), padding=(2, 0), dilation=(2, 1)),
+    dict(stride=1, padding=0, dilation=3),
+], ids=["s1", "s2", "mixed", "dilated"])
+def test_input_grad_at_positions_equals_autograd(conv_kwargs):
+    from torchqat.nn.input_scale_grad import _input_grad_at
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 11, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64)
+    out = F.conv2d(x, weight, None, **conv_kwargs)
+    dout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(out, x, dout)
+    positions = torch.stack([torch.randint(0, s, (40,), generator=g) for s in x.shape], dim=1)
+    corners = torch.tensor([[0, 0, 0, 0], [1, 2, 10, 12], [0, 1, 0, 12], [1, 0, 10, 0]])
+    positions = torch.cat([positions, corners])
+    as_tuple = lambda k: dict(stride=_pair(conv_kwargs.get("stride", 1)),  # noqa: E731
+                              padding=_pair(conv_kwargs.get("padding", 0)),
+                              dilation=_pair(conv_kwargs.get("dilation", 1)))[k]
+    got = _input_grad_at(dout, weight, positions, x.shape, as_tuple("stride"),
+                         as_tuple("padding"), as_tuple("dilation"))
+    expected = dx[tuple(positions.t())].sum()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
