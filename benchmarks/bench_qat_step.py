@@ -128,7 +128,7 @@ def breakdown_case(name, model, batch, loss_fn, reps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--breakdown", action="store_true",
                         help="also split the detector's QAT overhead by quantizer group")
     args = parser.parse_args()

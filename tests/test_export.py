@@ -501,6 +501,34 @@ def test_full_range_activations_add_no_clip(tmp_path, dynamo):
     assert ops.count("Clip") == 1 and "Max" not in ops and "Min" not in ops
 
 
+@pytest.mark.slow
+def test_int16_narrow_activation_range_at_opset_21(tmp_path):
+    """A 10-bit symmetric activation ([-512, 511]) lies inside int16, which QuantizeLinear outputs
+    from opset 21: it exports as Clip -> QuantizeLinear(int16) -> DequantizeLinear, and ONNX
+    Runtime agrees with the QAT model within one output step, also 10 times outside the
+    calibrated range where the quantizer clamps (int16 alone would saturate at +-32767)."""
+    spec = tq.QuantSpec(bits=10, symmetric=True)
+    qmodel, shape = calibrated("linear", tq.QATConfig(activation=spec))
+    assert (qmodel[0].input_quantizer.quant_min, qmodel[0].input_quantizer.quant_max) \
+        == (-512, 511)
+    path = tmp_path / "m.onnx"
+    proto = export_onnx(qmodel, torch.randn(2, *shape), path, opset=21, dynamo=True)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    inits, nodes, _ = _graph_facts(proto)
+    ops = [n.op_type for n in nodes]
+    assert ops.count("Clip") == 2
+    q_types = {inits[n.input[2]].dtype.name for n in nodes if n.op_type == "QuantizeLinear"
+               and n.input[2] in inits and n.input[0] not in inits}
+    assert q_types == {"int16"}
+    tau = output_step(qmodel)
+    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(5))
+    session = ort_session(path, optimize=False)
+    for scale in (1, 10):
+        with torch.no_grad():
+            expected = qmodel(x * scale)
+        assert_within_one_step(run_ort(session, x * scale), expected, tau, sparse=True)
+
+
 def test_onnx_exports_activation_range():
     """Any range inside uint8 / int8 exports from opset 13, inside int16 from opset 21."""
     fits = onnx_exports_activation_range
