@@ -101,10 +101,12 @@ def candidates(shape, kernels):
     auto = int8.pack_conv2d(q_w, s_w, b, stride=stride, padding=padding, groups=groups)
     mod = torch.jit.script(Int8Conv(auto, s_x, z_x))
     fns["int8[auto]"] = lambda: mod(x)
+    # The library's own rule: "auto" packs a depthwise layer for the direct kernel.
+    depthwise = auto.kernel() == "depthwise"
     for kern in kernels:
-        if kern == "depthwise" and not (groups == c == o):
+        if kern == "depthwise" and not depthwise:
             continue
-        if kern == "avx2_u7" and groups == c == o:  # convert keeps depthwise layers direct
+        if kern == "avx2_u7" and depthwise:  # convert keeps depthwise layers direct
             continue
         packed = int8.pack_conv2d(q_w, s_w, b, stride=stride, padding=padding, groups=groups,
                                   kernel=kern)
