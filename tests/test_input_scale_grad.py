@@ -218,7 +218,7 @@ def test_input_grad_at_positions_equals_autograd(conv_kwargs):
     as_tuple = lambda k: dict(stride=_pair(conv_kwargs.get("stride", 1)),  # noqa: E731
                               padding=_pair(conv_kwargs.get("padding", 0)),
                               dilation=_pair(conv_kwargs.get("dilation", 1)))[k]
-    got = _input_grad_at(dout, weight, positions, x.shape, as_tuple("stride"),
+    got = _input_grad_at(dout, weight, positions, as_tuple("stride"),
                          as_tuple("padding"), as_tuple("dilation"))
     expected = dx[tuple(positions.t())].sum()
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -53,7 +53,7 @@ _SPARSE_FRACTION = 256
 
 
 def _input_grad_at(grad_out: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor,
-                   input_shape, stride, padding, dilation) -> torch.Tensor:
+                   stride, padding, dilation) -> torch.Tensor:
     """sum over ``positions`` ([K, 4] rows ``(n, c, h, w)``) of ``conv2d``'s input gradient for
     ``grad_out`` (one group), as a 0-d tensor: each position gathers its valid taps
     ``grad_out[n, :, (h + p - kh * d) / s, ...] . weight[:, c, kh, kw]``, all taps at once."""
@@ -125,8 +125,8 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                     if groups == 1 and clipped.size(0) <= x.numel() // _SPARSE_FRACTION:
                         # m_z is -s on the few clipped elements and 0 elsewhere: the input
                         # gradient at just those positions instead of a convolution of the map.
-                        total = -s * _input_grad_at(grad_out, weight, clipped, x.shape, stride,
-                                                    padding, dilation)
+                        total = -s * _input_grad_at(grad_out, weight, clipped, stride, padding,
+                                                    dilation)
                     else:
                         m_z = inside.sub_(1.0).mul_(s)
                         conv_m = F.conv2d(m_z, weight, None, stride, padding, dilation, groups)
