@@ -90,6 +90,54 @@ TORCH_LIBRARY(torchqat, m) {
       "float grad_factor=1.0"
       ") -> (Tensor, Tensor)");
 
+  // fake_quantize_lsq of the output of a SiLU, given the SiLU's input as well:
+  // input = silu(pre_activation). The value is fake_quantize_lsq(input, ...); the gradient flows
+  // to pre_activation (silu_backward of the LSQ input gradient), scale and zero_point, and not to
+  // input, which must not require grad. Its backward fuses the two element-wise passes into one
+  // (CPU). FakeQuantizer takes it in eager mode when its input comes straight from a SiLU.
+  m.def(
+      "fake_quantize_lsq_after_silu("
+      "Tensor input, "           // silu(pre_activation); any shape; floating dtype
+      "Tensor pre_activation, "  // input's shape, dtype and device
+      "Tensor scale, "
+      "Tensor zero_point, "
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None, "
+      "float grad_factor=1.0, "
+      "float min_scale=0.0"
+      ") -> Tensor");            // input's shape, dtype and strides
+  // Its backward (CPU): (grad_pre_activation, grad_scale, grad_zero_point), where
+  // grad_pre_activation = silu'(pre_activation) * grad_input and grad_input is
+  // fake_quantize_lsq_backward's, in one pass. The sigmoid comes from input / pre_activation
+  // (float32 / float64), so it agrees with aten::silu_backward up to float rounding.
+  m.def(
+      "fake_quantize_lsq_after_silu_backward("
+      "Tensor grad, "            // input's shape
+      "Tensor input, "
+      "Tensor pre_activation, "
+      "Tensor scale, "
+      "Tensor zero_point, "
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None, "
+      "float grad_factor=1.0"
+      ") -> (Tensor, Tensor, Tensor)");
+  // The same, writing grad_pre_activation over `grad` (bit for bit the functional result);
+  // returns (grad_scale, grad_zero_point).
+  m.def(
+      "fake_quantize_lsq_after_silu_backward_("
+      "Tensor(a!) grad, "        // input's shape and dtype; overwritten with grad_pre_activation
+      "Tensor input, "
+      "Tensor pre_activation, "
+      "Tensor scale, "
+      "Tensor zero_point, "
+      "int quant_min, "
+      "int quant_max, "
+      "int? axis=None, "
+      "float grad_factor=1.0"
+      ") -> (Tensor, Tensor)");
+
   // max(input, min) whose gradient passes straight through, also where input < min: how a
   // FakeQuantizer keeps a learnable scale positive without a host synchronisation, while a scale
   // an optimizer pushed below the floor still receives gradient and can recover (a plain

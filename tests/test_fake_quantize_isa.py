@@ -1,6 +1,7 @@
 """Every CPU kernel build (default, AVX2, AVX-512) on this machine: the kernel set is chosen once
 per process, so each instruction set runs the forward and backward numerics tests of
-test_fake_quantize.py (PyTorch oracle and reference) in a subprocess with
+test_fake_quantize.py (PyTorch oracle and reference) and test_silu_fusion.py (the fused LSQ + SiLU
+backward) in a subprocess with
 TORCHQAT_CPU_CAPABILITY forcing it. The parent process runs the automatic choice."""
 
 import os
@@ -41,7 +42,8 @@ def test_isa_numerics(isa):
     if not sys.platform.startswith("linux") or not ISA_FLAGS[isa] <= cpu_flags():
         pytest.skip(f"this CPU lacks {isa}")
     # CPU only (-m "not cuda"); the large cases are covered by the parent process.
-    result = run_with_isa(isa, ["-m", "pytest", str(TESTS / "test_fake_quantize.py"), "-q", "-x",
+    result = run_with_isa(isa, ["-m", "pytest", str(TESTS / "test_fake_quantize.py"),
+                                str(TESTS / "test_silu_fusion.py"), "-q", "-x",
                                 "-m", "not cuda", "-k", "not large", "-p", "no:cacheprovider"])
     assert result.returncode == 0, f"TORCHQAT_CPU_CAPABILITY={isa}:\n{result.stdout[-6000:]}"
     assert " passed" in result.stdout

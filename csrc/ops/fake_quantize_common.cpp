@@ -190,6 +190,19 @@ void check_grad_factor(const char* op, double grad_factor) {
   TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
 }
 
+void check_pre_activation(const char* op, const at::Tensor& input,
+                          const at::Tensor& pre_activation) {
+  TORCH_CHECK(pre_activation.sizes() == input.sizes(), op,
+              ": pre_activation must have input's shape ", shape_string(input), ", got ",
+              shape_string(pre_activation));
+  TORCH_CHECK(pre_activation.scalar_type() == input.scalar_type(), op,
+              ": pre_activation must have input's dtype ", input.scalar_type(), ", got ",
+              pre_activation.scalar_type());
+  TORCH_CHECK(pre_activation.device() == input.device(), op,
+              ": pre_activation must be on input's device (", input.device(), "), got ",
+              pre_activation.device());
+}
+
 at::Tensor floor_scale(const char* op, const at::Tensor& scale, double min_scale) {
   TORCH_CHECK(std::isfinite(min_scale) && min_scale >= 0.0, op,
               ": min_scale must be finite and >= 0, got ", min_scale);

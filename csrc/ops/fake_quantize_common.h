@@ -39,6 +39,10 @@ FakeQuantProblem prepare_fake_quant(const char* op, const at::Tensor& input,
 
 void check_grad_factor(const char* op, double grad_factor);
 
+// fake_quantize_lsq_after_silu's `pre_activation`: input's shape, dtype and device.
+void check_pre_activation(const char* op, const at::Tensor& input,
+                          const at::Tensor& pre_activation);
+
 // fake_quantize_lsq's min_scale: max(scale, min_scale) when min_scale > 0, else scale itself.
 // Checks that min_scale is finite and >= 0.
 at::Tensor floor_scale(const char* op, const at::Tensor& scale, double min_scale);

@@ -119,6 +119,26 @@ def _fake_quantize_lsq_backward_inplace_fake(grad, input, scale, zero_point, qua
     return _lsq_parameter_grads(scale, zero_point)
 
 
+# fake_quantize_lsq_after_silu needs none: its CompositeExplicitAutograd kernel calls
+# fake_quantize_lsq, whose fake implementation is above.
+@torch.library.register_fake("torchqat::fake_quantize_lsq_after_silu_backward")
+def _fake_quantize_lsq_after_silu_backward_fake(grad, input, pre_activation, scale, zero_point,
+                                                quant_min, quant_max, axis=None,
+                                                grad_factor=1.0):
+    _check_devices("fake_quantize_lsq_after_silu_backward", input, grad=grad,
+                   pre_activation=pre_activation, scale=scale, zero_point=zero_point)
+    return (_same_layout(input),) + _lsq_parameter_grads(scale, zero_point)
+
+
+@torch.library.register_fake("torchqat::fake_quantize_lsq_after_silu_backward_")
+def _fake_quantize_lsq_after_silu_backward_inplace_fake(grad, input, pre_activation, scale,
+                                                        zero_point, quant_min, quant_max,
+                                                        axis=None, grad_factor=1.0):
+    _check_devices("fake_quantize_lsq_after_silu_backward_", input, grad=grad,
+                   pre_activation=pre_activation, scale=scale, zero_point=zero_point)
+    return _lsq_parameter_grads(scale, zero_point)
+
+
 def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:
     # The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
     if quant_min >= 0 and quant_max <= 255:

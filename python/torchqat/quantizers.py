@@ -18,6 +18,12 @@ device value is read on the host) and its gradient reaches ``scale`` unchanged, 
 optimizer pushed below the floor keeps receiving gradient and can recover — unlike a plain
 ``clamp``, whose gradient is zero there, or ``abs(scale) + eps``, which shifts every scale.
 ``effective_scale()`` returns what the forward uses; conversion must use it too.
+
+A learnable quantizer whose input comes straight from a SiLU (``x = silu(t)``, as after every YOLO
+``Conv`` block) calls ``fake_quantize_lsq_after_silu(x.detach(), t, ...)`` in eager mode on the
+CPU (conditions: :func:`silu_pre_activation`): the same forward, and a backward that writes the
+gradient with respect to ``t`` in one pass instead of LSQ's pass followed by SiLU's. A profile
+shows the fused operator where SiLU's backward used to run.
 """
 
 
@@ -38,6 +44,40 @@ logger = logging.getLogger("torchqat")
 
 #: The modes of a :class:`FakeQuantizer`.
 MODES = ("fake_quantize", "observe", "pass_through")
+
+
+def silu_pre_activation(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The input ``t`` of the SiLU that produced ``x`` (``x = silu(t)``, ``x.grad_fn`` is SiLU's
+    autograd node), where a learnable quantizer may take
+    ``torch.ops.torchqat.fake_quantize_lsq_after_silu(x.detach(), t, ...)`` instead of
+    ``fake_quantize_lsq(x, ...)``; else ``None``.
+
+    The value is the same; the gradient reaches ``t`` through the quantizer's own node, whose
+    backward computes LSQ's and SiLU's in one pass (CPU). Other users of ``x`` still reach ``t``
+    through SiLU's node, and autograd adds the two. Taken only where nothing can observe the
+    difference: eager mode on the CPU (not compiled, traced or scripted), no saved-tensor hooks
+    (activation checkpointing), and no hook or ``retain_grad`` on ``x``, which the fused
+    gradient bypasses.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None  # first: torch.compile would break the graph at grad_fn
+    fn = x.grad_fn
+    if fn is None or type(fn).__name__ != "SiluBackward0":
+        return None
+    if (type(x) is not torch.Tensor  # not a FakeTensor, a Proxy or another subclass
+            or x.device.type != "cpu"
+            or not torch.is_grad_enabled()
+            or x.retains_grad
+            or x._backward_hooks
+            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
+        return None
+    try:
+        pre = fn._saved_self
+    except RuntimeError:  # modified in place since SiLU saved it
+        return None
+    if type(pre) is not torch.Tensor or pre.shape != x.shape or pre.dtype != x.dtype:
+        return None
+    return pre
 
 
 class FakeQuantizer(nn.Module):
@@ -134,7 +174,14 @@ class FakeQuantizer(nn.Module):
 
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.learnable:
-            # Straight-through clamp: value max(scale, MIN_SCALE), gradient 1 (see module doc).
+            if not torch.jit.is_scripting():
+                pre = silu_pre_activation(x)
+                if pre is not None:
+                    # x = silu(pre): the same value; the backward fuses SiLU's (module doc).
+                    return torch.ops.torchqat.fake_quantize_lsq_after_silu(
+                        x.detach(), pre, self.scale, self.zero_point, self.quant_min,
+                        self.quant_max, self.axis, self.lsq_grad_factor(x), self.min_scale
+                    )
             # The straight-through floor max(scale, MIN_SCALE) inside the operator (module doc).
             return torch.ops.torchqat.fake_quantize_lsq(
                 x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.axis,

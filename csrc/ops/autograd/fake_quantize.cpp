@@ -190,6 +190,110 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
 };
 
 
+using FakeQuantizeLsqAfterSiluBackwardInplaceSig = std::tuple<at::Tensor, at::Tensor>(
+    at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    int64_t, int64_t, std::optional<int64_t>, double);
+
+c10::TypedOperatorHandle<FakeQuantizeLsqAfterSiluBackwardInplaceSig>
+fake_quantize_lsq_after_silu_backward_inplace_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq_after_silu_backward_", "")
+                       .typed<FakeQuantizeLsqAfterSiluBackwardInplaceSig>();
+  return op;
+}
+
+using FakeQuantizeLsqAfterSiluBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, int64_t, int64_t, std::optional<int64_t>, double);
+
+c10::TypedOperatorHandle<FakeQuantizeLsqAfterSiluBackwardSig>
+fake_quantize_lsq_after_silu_backward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq_after_silu_backward", "")
+                       .typed<FakeQuantizeLsqAfterSiluBackwardSig>();
+  return op;
+}
+
+// fake_quantize_lsq(input) where input = silu(pre_activation): the gradient goes to
+// pre_activation. On the CPU the backward is the fused kernel (fake_quantize_lsq's backward and
+// SiLU's in one pass: one read of grad, input and pre_activation and one write, in place when
+// this node owns grad), with the same bits in place or not. Elsewhere (CUDA), or under
+// create_graph, it is the two differentiable steps, whose sigmoid ATen computes with exp: equal
+// up to float rounding.
+class FakeQuantizeLsqAfterSilu : public torch::autograd::Function<FakeQuantizeLsqAfterSilu> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& pre_activation, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                            std::optional<int64_t> axis, double grad_factor, double min_scale) {
+    const char* op_name = "fake_quantize_lsq_after_silu";
+    TORCH_CHECK(!input.requires_grad(), op_name,
+                ": input (= silu(pre_activation)) must not require grad; its gradient goes to "
+                "pre_activation. Pass input.detach().");
+    ops::check_pre_activation(op_name, input, pre_activation);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const at::Tensor floored = ops::floor_scale(op_name, scale, min_scale);
+    ctx->save_for_backward({input, pre_activation, floored, zero_point});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = optional_axis(axis);
+    ctx->saved_data["grad_factor"] = grad_factor;
+    return fake_quantize_lsq_forward_op().call(input, floored, zero_point, quant_min, quant_max,
+                                               axis, grad_factor, 0.0);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &pre = saved[1], &scale = saved[2], &zp = saved[3];
+    const BelowAutogradUnlessGradMode below;
+    at::Tensor grad = std::move(grad_outputs[0]);
+    const int64_t quant_min = ctx->saved_data["quant_min"].toInt();
+    const int64_t quant_max = ctx->saved_data["quant_max"].toInt();
+    const double grad_factor = ctx->saved_data["grad_factor"].toDouble();
+    at::Tensor dpre, dscale, dzero_point;
+    const bool fused = !at::GradMode::is_enabled() && grad.device().is_cpu() &&
+                       !grad.key_set().has_any(c10::DispatchKeySet(
+                           {c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
+    if (fused && can_overwrite(grad, input)) {
+      std::tie(dscale, dzero_point) = fake_quantize_lsq_after_silu_backward_inplace_op().call(
+          grad, input, pre, scale, zp, quant_min, quant_max, saved_axis(ctx), grad_factor);
+      dpre = std::move(grad);
+    } else if (fused) {
+      std::tie(dpre, dscale, dzero_point) = fake_quantize_lsq_after_silu_backward_op().call(
+          grad, input, pre, scale, zp, quant_min, quant_max, saved_axis(ctx), grad_factor);
+    } else {
+      at::Tensor dx;
+      std::tie(dx, dscale, dzero_point) = fake_quantize_lsq_backward_op().call(
+          grad, input, scale, zp, quant_min, quant_max, saved_axis(ctx), grad_factor);
+      if (at::GradMode::is_enabled()) {
+        // create_graph: SiLU's derivative in differentiable ops (aten::silu_backward has none),
+        // as autograd differentiates silu itself.
+        const at::Tensor sigmoid = at::sigmoid(pre);
+        dpre = dx * sigmoid * (1 + pre * (1 - sigmoid));
+      } else {
+        dpre = at::silu_backward(dx, pre);
+      }
+    }
+    if (!ctx->needs_input_grad(3)) dzero_point = at::Tensor();
+    if (!ctx->needs_input_grad(2)) dscale = at::Tensor();
+    return {at::Tensor(), dpre,        dscale,      dzero_point, at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  static c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                             const at::Tensor&, int64_t, int64_t,
+                                             std::optional<int64_t>, double, double)>
+  fake_quantize_lsq_forward_op() {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, int64_t, int64_t,
+                                           std::optional<int64_t>, double, double)>();
+    return op;
+  }
+};
+
 // The backward operators are linear in `grad`, so their own derivative with respect to `grad` is
 // exact and cheap; this is what double backward (e.g. gradient penalties) needs. With respect
 // to input, scale and zero point they are piecewise constant: derivative 0, reported as none.
@@ -349,6 +453,29 @@ at::Tensor fake_quantize_lsq_autograd(const at::Tensor& input, const at::Tensor&
                                 grad_factor, min_scale);
 }
 
+at::Tensor fake_quantize_lsq_after_silu_autograd(
+    const at::Tensor& input, const at::Tensor& pre_activation, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor, double min_scale) {
+  return FakeQuantizeLsqAfterSilu::apply(input, pre_activation, scale, zero_point, quant_min,
+                                         quant_max, axis, grad_factor, min_scale);
+}
+
+// Below autograd on every backend (CPU, CUDA, Meta / fake tensors): the value is
+// fake_quantize_lsq's.
+at::Tensor fake_quantize_lsq_after_silu_forward(
+    const at::Tensor& input, const at::Tensor& pre_activation, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor, double min_scale) {
+  ops::check_pre_activation("fake_quantize_lsq_after_silu", input, pre_activation);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         int64_t, int64_t, std::optional<int64_t>, double,
+                                         double)>();
+  return op.call(input, scale, zero_point, quant_min, quant_max, axis, grad_factor, min_scale);
+}
+
 at::Tensor fake_quantize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
                                            const at::Tensor& scale, const at::Tensor& zero_point,
                                            int64_t quant_min, int64_t quant_max,
@@ -375,8 +502,12 @@ TORCH_LIBRARY_IMPL(torchqat, Autograd, m) {
   m.impl("fake_quantize_backward", &torchqat::autograd::fake_quantize_backward_autograd);
   m.impl("fake_quantize_lsq_backward", &torchqat::autograd::fake_quantize_lsq_backward_autograd);
   m.impl("clamp_min_ste", &torchqat::autograd::clamp_min_ste_autograd);
+  m.impl("fake_quantize_lsq_after_silu",
+         &torchqat::autograd::fake_quantize_lsq_after_silu_autograd);
 }
 
 TORCH_LIBRARY_IMPL(torchqat, CompositeExplicitAutograd, m) {
   m.impl("clamp_min_ste", &torchqat::autograd::clamp_min_ste_forward);
+  m.impl("fake_quantize_lsq_after_silu",
+         &torchqat::autograd::fake_quantize_lsq_after_silu_forward);
 }

@@ -122,18 +122,26 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
 }
 
 // Runs the LSQ backward kernel of problem `p` into `dx` (input's layout in `p`) and returns the
-// scale and zero-point gradients, already multiplied by grad_factor.
+// scale and zero-point gradients, already multiplied by grad_factor. With `pre` (the SiLU's
+// input, in p.input's layout) the fused kernel writes the gradient with respect to `pre`.
 std::pair<at::Tensor, at::Tensor> lsq_backward_into(const ops::FakeQuantProblem& p, void* dx,
                                                     const at::Tensor& scale,
                                                     const at::Tensor& zero_point,
                                                     int64_t quant_min, int64_t quant_max,
-                                                    double grad_factor) {
+                                                    double grad_factor,
+                                                    const void* pre = nullptr) {
   std::vector<double> dscale(p.channels, 0.0), dzero(p.channels, 0.0);
   if (p.numel() > 0) {
     const HostQParams hq(p, quant_min, quant_max);
-    fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
-                                      p.input.const_data_ptr(), dx, shape_of(p), hq.qp,
-                                      dscale.data(), dzero.data());
+    if (pre != nullptr) {
+      fake_quant_kernels().lsq_silu_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                             p.input.const_data_ptr(), pre, dx, shape_of(p),
+                                             hq.qp, dscale.data(), dzero.data());
+    } else {
+      fake_quant_kernels().lsq_backward(p.input.scalar_type(), p.grad.const_data_ptr(),
+                                        p.input.const_data_ptr(), dx, shape_of(p), hq.qp,
+                                        dscale.data(), dzero.data());
+    }
   }
   // Written straight into tensors of the parameters' shapes (not at::tensor(v).to().view():
   // three allocations and two copies, a visible share of a small layer's backward).
@@ -209,6 +217,62 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_backward_inplace_cpu(
   return {dscale, dzero};
 }
 
+// The backward of fake_quantize_lsq_after_silu (input = silu(pre)): the gradient with respect
+// to `pre`, silu'(pre) * grad_input, from one pass of the fused kernel. Both operators below run
+// that kernel whatever the layouts (pre is copied into the kernel's layout when it differs), so
+// the in-place and the functional backward give the same bits.
+std::pair<at::Tensor, at::Tensor> lsq_after_silu_backward_into(
+    const ops::FakeQuantProblem& p, void* dx, const at::Tensor& pre_activation,
+    const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    double grad_factor) {
+  at::Tensor pre = pre_activation;
+  if (p.copied || pre.strides() != p.input.strides()) {
+    pre = at::empty_like(p.input);
+    pre.copy_(pre_activation);
+  }
+  return lsq_backward_into(p, dx, scale, zero_point, quant_min, quant_max, grad_factor,
+                           pre.const_data_ptr());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_lsq_after_silu_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& pre_activation,
+    const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  const char* op = "fake_quantize_lsq_after_silu_backward";
+  ops::check_pre_activation(op, input, pre_activation);
+  ops::check_grad_factor(op, grad_factor);
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         axis, grad);
+  auto dx = ops::make_output(input, p);
+  auto [dscale, dzero] = lsq_after_silu_backward_into(p, dx.work.mutable_data_ptr(),
+                                                      pre_activation, scale, zero_point,
+                                                      quant_min, quant_max, grad_factor);
+  if (p.numel() > 0) dx.finish();
+  return {dx.out, dscale, dzero};
+}
+
+// The same, writing the gradient with respect to `pre` over `grad`.
+std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_after_silu_backward_inplace_cpu(
+    at::Tensor& grad, const at::Tensor& input, const at::Tensor& pre_activation,
+    const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    std::optional<int64_t> axis, double grad_factor) {
+  const char* op = "fake_quantize_lsq_after_silu_backward_";
+  ops::check_pre_activation(op, input, pre_activation);
+  ops::check_grad_factor(op, grad_factor);
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         axis, grad);
+  if (p.grad.is_same(grad)) {
+    // Each element is read before it is written, at the same index.
+    return lsq_after_silu_backward_into(p, grad.mutable_data_ptr(), pre_activation, scale,
+                                        zero_point, quant_min, quant_max, grad_factor);
+  }
+  // grad's layout differs from the kernel's: compute beside it and copy back.
+  auto [dpre, dscale, dzero] = fake_quantize_lsq_after_silu_backward_cpu(
+      grad, input, pre_activation, scale, zero_point, quant_min, quant_max, axis, grad_factor);
+  grad.copy_(dpre);
+  return {dscale, dzero};
+}
+
 }  // namespace
 
 const FakeQuantKernels& fake_quant_kernels() {
@@ -228,4 +292,8 @@ TORCH_LIBRARY_IMPL(torchqat, CPU, m) {
   m.impl("fake_quantize_lsq_backward", &torchqat::cpu::fake_quantize_lsq_backward_cpu);
   m.impl("fake_quantize_backward_", &torchqat::cpu::fake_quantize_backward_inplace_cpu);
   m.impl("fake_quantize_lsq_backward_", &torchqat::cpu::fake_quantize_lsq_backward_inplace_cpu);
+  m.impl("fake_quantize_lsq_after_silu_backward",
+         &torchqat::cpu::fake_quantize_lsq_after_silu_backward_cpu);
+  m.impl("fake_quantize_lsq_after_silu_backward_",
+         &torchqat::cpu::fake_quantize_lsq_after_silu_backward_inplace_cpu);
 }

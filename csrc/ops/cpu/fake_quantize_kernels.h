@@ -42,6 +42,11 @@ struct FakeQuantKernels {
   void (*lsq_backward)(c10::ScalarType dtype, const void* dy, const void* x, void* dx,
                        FakeQuantShape shape, FakeQuantQParams qp, double* dscale,
                        double* dzero_point);
+  // lsq_backward fused with the SiLU before the quantizer: x = silu(pre), and dx is the
+  // gradient with respect to pre, silu_backward(dy * mask(x), pre). pre has x's layout.
+  void (*lsq_silu_backward)(c10::ScalarType dtype, const void* dy, const void* x,
+                            const void* pre, void* dx, FakeQuantShape shape, FakeQuantQParams qp,
+                            double* dscale, double* dzero_point);
 };
 
 const FakeQuantKernels& fake_quant_kernels_default();

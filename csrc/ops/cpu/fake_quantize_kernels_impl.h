@@ -16,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -138,6 +139,36 @@ inline void lsq_vec(const Vectorized<T>& dy, const Vectorized<T>& x, const VecPa
   dz = (dy * p.neg_s) & (below | above);
 }
 
+// silu_backward(g, pre) = g * sigmoid(pre) * (1 + pre * (1 - sigmoid(pre))), in ATen's order.
+// sigmoid(pre) is x / pre, from the SiLU output x = pre * sigmoid(pre) the kernel reads anyway:
+// a division instead of an exponential, which made the fused pass compute-bound. In float32 and
+// float64, x / pre carries two roundings where ATen's 1 / (1 + exp(-pre)) carries its own few,
+// so the results agree up to float rounding; float16 / bfloat16 compute from the stored x, which
+// has too few bits for that, so they take ATen's exponential. sigmoid(0) = 1/2 (x / pre is 0/0).
+template <bool kFromOutput, typename T>
+inline T silu_grad(T g, T pre, T x) {
+  T sigmoid;
+  if constexpr (kFromOutput) {
+    sigmoid = pre == T(0) ? T(0.5) : x / pre;
+  } else {
+    sigmoid = T(1) / (T(1) + std::exp(-pre));
+  }
+  return g * sigmoid * (T(1) + pre * (T(1) - sigmoid));
+}
+
+template <bool kFromOutput, typename T>
+inline Vectorized<T> silu_grad_vec(const Vectorized<T>& g, const Vectorized<T>& pre,
+                                   const Vectorized<T>& x) {
+  const Vectorized<T> one(T(1));
+  Vectorized<T> sigmoid;
+  if constexpr (kFromOutput) {
+    sigmoid = Vectorized<T>::blendv(x / pre, Vectorized<T>(T(0.5)), pre == Vectorized<T>(T(0)));
+  } else {
+    sigmoid = one / (one + pre.neg().exp());
+  }
+  return g * sigmoid * (one + pre * (one - sigmoid));
+}
+
 // Calls seg(begin, end, c) for every maximal run inside [begin, end) that shares channel c
 // (broadcast layout), or seg(begin, end, first_channel) for runs across channels (gather layout).
 template <typename Segment>
@@ -236,14 +267,18 @@ void ste_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t*
 // own per-channel partials (vector lanes in T, flushed into double every block so that sums over
 // millions of elements keep their precision); the partials are added in thread order at the end,
 // so the result is deterministic for a given thread count.
-template <typename scalar_t>
-void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t* dx_ptr,
-                        FakeQuantShape sh, const FakeQuantQParams& qp, double* dscale,
-                        double* dzero_point) {
+//
+// kSilu: x is silu(pre) and dx is the gradient with respect to pre, dy * mask(x) * silu'(pre)
+// (silu_grad): one pass instead of LSQ's and then SiLU's.
+template <bool kSilu, typename scalar_t>
+void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, const scalar_t* pre_ptr,
+                        scalar_t* dx_ptr, FakeQuantShape sh, const FakeQuantQParams& qp,
+                        double* dscale, double* dzero_point) {
   using T = opmath_t<scalar_t>;
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   constexpr int64_t kFlush = 4096;  // elements summed in T before moving into double
+  constexpr bool kFromOutput = std::is_same_v<scalar_t, T>;  // silu_grad's sigmoid from x
   const Params<T> p(qp, sh.channels);
   const bool gather = sh.inner == 1 && sh.channels > 1;
   const int64_t C = sh.channels;
@@ -275,7 +310,12 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t*
     auto scalar = [&](int64_t i, int64_t c, T& acc_s, T& acc_z) {
       const auto g = core::lsq_element_grad<T>(static_cast<T>(dy_ptr[i]), static_cast<T>(x_ptr[i]),
                                                p.s[c], p.inv_s[c], p.z[c], p.qmin, p.qmax);
-      dx_ptr[i] = static_cast<scalar_t>(g.dx);
+      if constexpr (kSilu) {
+        dx_ptr[i] = static_cast<scalar_t>(silu_grad<kFromOutput>(
+            g.dx, static_cast<T>(pre_ptr[i]), static_cast<T>(x_ptr[i])));
+      } else {
+        dx_ptr[i] = static_cast<scalar_t>(g.dx);
+      }
       acc_s += g.dscale;
       acc_z += g.dzero_point;
     };
@@ -283,7 +323,17 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t*
     for_each_segment(begin, end, sh, [&](int64_t b, int64_t e, int64_t c) {
       const scalar_t* const dy = dy_ptr;  // local copies, as in forward_typed
       const scalar_t* const x = x_ptr;
+      const scalar_t* const pre = pre_ptr;
       scalar_t* const dx = dx_ptr;
+      // dx of one vector: the LSQ input gradient, times silu'(pre) when fused.
+      const auto store_dx = [dx, pre, x](int64_t at, const Vec& v) {
+        if constexpr (kSilu) {
+          store_opmath(dx + at, silu_grad_vec<std::is_same_v<scalar_t, T>>(v, load_opmath(pre + at),
+                                                           load_opmath(x + at)));
+        } else {
+          store_opmath(dx + at, v);
+        }
+      };
       int64_t i = b;
       if (gather) {
         T* const ls = lane_s.data();
@@ -291,7 +341,7 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t*
         for (; i + W <= e; i += W, c += W) {
           Vec vdx, vds, vdz;
           lsq_vec(load_opmath(dy + i), load_opmath(x + i), VecParams<T>::gather(p, c), vdx, vds, vdz);
-          store_opmath(dx + i, vdx);
+          store_dx(i, vdx);
           (Vec::loadu(ls + c) + vds).store(ls + c);
           (Vec::loadu(lz + c) + vdz).store(lz + c);
         }
@@ -305,7 +355,7 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, scalar_t*
           for (; i + W <= block_end; i += W) {
             Vec vdx, vds, vdz;
             lsq_vec(load_opmath(dy + i), load_opmath(x + i), vp, vdx, vds, vdz);
-            store_opmath(dx + i, vdx);
+            store_dx(i, vdx);
             acc_s = acc_s + vds;
             acc_z = acc_z + vdz;
           }
@@ -353,8 +403,22 @@ void lsq_backward(c10::ScalarType dtype, const void* dy, const void* x, void* dx
                   FakeQuantShape sh, FakeQuantQParams qp, double* dscale, double* dzero_point) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dtype, "fake_quantize_lsq_backward", [&] {
-        lsq_backward_typed(static_cast<const scalar_t*>(dy), static_cast<const scalar_t*>(x),
-                           static_cast<scalar_t*>(dx), sh, qp, dscale, dzero_point);
+        lsq_backward_typed<false>(static_cast<const scalar_t*>(dy),
+                                  static_cast<const scalar_t*>(x),
+                                  static_cast<const scalar_t*>(nullptr),
+                                  static_cast<scalar_t*>(dx), sh, qp, dscale, dzero_point);
+      });
+}
+
+void lsq_silu_backward(c10::ScalarType dtype, const void* dy, const void* x, const void* pre,
+                       void* dx, FakeQuantShape sh, FakeQuantQParams qp, double* dscale,
+                       double* dzero_point) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dtype, "fake_quantize_lsq_after_silu_backward_", [&] {
+        lsq_backward_typed<true>(static_cast<const scalar_t*>(dy),
+                                 static_cast<const scalar_t*>(x),
+                                 static_cast<const scalar_t*>(pre), static_cast<scalar_t*>(dx),
+                                 sh, qp, dscale, dzero_point);
       });
 }
 
@@ -364,7 +428,8 @@ void lsq_backward(c10::ScalarType dtype, const void* dy, const void* x, void* dx
 const FakeQuantKernels& TORCHQAT_KERNELS_NAME() {
   static const FakeQuantKernels kernels{TORCHQAT_KERNELS_ISA, &CPU_CAPABILITY::forward,
                                         &CPU_CAPABILITY::ste_backward,
-                                        &CPU_CAPABILITY::lsq_backward};
+                                        &CPU_CAPABILITY::lsq_backward,
+                                        &CPU_CAPABILITY::lsq_silu_backward};
   return kernels;
 }
 
