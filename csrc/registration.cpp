@@ -138,6 +138,22 @@ TORCH_LIBRARY(torchqat, m) {
       "float grad_factor=1.0"
       ") -> (Tensor, Tensor)");
 
+  // For a per-tensor learnable quantizer on an input that needs no gradient (the model's image),
+  // whose scale gradient torchqat computes by the adjoint identity (CPU): LSQ's per-element
+  // derivative of fake_quantize_lsq(input) with respect to the scale (inside the range
+  // (y - x) / s, below quant_min - z, above quant_max - z) and the flat indices, in row-major
+  // order, of the elements quantized outside [quant_min, quant_max] (where the zero point's
+  // derivative, -s, is nonzero).
+  m.def(
+      "fake_quantize_lsq_input_maps("
+      "Tensor input, "           // any shape; float32 / float64
+      "Tensor scale, "           // 1 element
+      "Tensor zero_point, "      // 1 element
+      "int quant_min, "
+      "int quant_max"
+      ") -> (Tensor, Tensor)");  // (scale map: input's shape and dtype, contiguous;
+                                 //  clipped: int64 [number clipped])
+
   // max(input, min) whose gradient passes straight through, also where input < min: how a
   // FakeQuantizer keeps a learnable scale positive without a host synchronisation, while a scale
   // an optimizer pushed below the floor still receives gradient and can recover (a plain

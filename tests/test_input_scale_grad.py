@@ -226,3 +226,62 @@ def test_input_grad_at_positions_equals_autograd(conv_kwargs):
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchqat::fake_quantize_lsq_input_maps: the scale's derivative map and the clipped positions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("qrange", [(0, 255), (-8, 7)])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 13), (5,), (1, 3, 64, 64)])
+def test_input_maps_against_reference(dtype, qrange, shape):
+    from fake_quantize_reference import make_input
+
+    qmin, qmax = qrange
+    g = torch.Generator().manual_seed(7)
+    s = torch.tensor([0.03])
+    z = torch.tensor([float((qmin + qmax) // 2) + 0.4])  # learnable: rounded by the operator
+    x = make_input(shape, s, z, qmin, qmax, None, g, dtype)
+    x.view(-1)[0] = float("nan")
+    m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(x, s, z, qmin, qmax)
+
+    y, v, sr, zr = reference_forward(x, s, z, qmin, qmax)
+    xd, yd, sd, zd = x.double(), y.double(), sr.double(), zr.double()
+    below, above = v < qmin, v > qmax
+    inside = (v >= qmin) & (v <= qmax)
+    ref = torch.where(inside, (yd - xd) / sd, torch.zeros_like(xd))
+    ref = torch.where(below, qmin - zd, ref)
+    ref = torch.where(above, qmax - zd, ref)
+    assert m_s.shape == x.shape and m_s.dtype == dtype and m_s.is_contiguous()
+    # An in-range term cancels: its rounding error is relative to (|y| + |x|) / s.
+    bound = (4 * torch.finfo(dtype).eps * (yd.abs() + xd.abs()) / sd).nan_to_num(nan=0.0)
+    err = (m_s.double() - ref).abs()
+    assert bool((err <= bound).all())
+    assert m_s.view(-1)[0] == 0  # NaN: neither inside nor clipped, no gradient
+    assert torch.equal(clipped, (below | above).reshape(-1).nonzero().reshape(-1))
+    assert clipped.numel() > 0
+
+
+def test_input_maps_non_contiguous_input_and_errors():
+    x = torch.randn(2, 3, 8, 8).transpose(2, 3) * 40
+    s, z = torch.tensor([0.1]), torch.tensor([128.0])
+    m1, c1 = torch.ops.torchqat.fake_quantize_lsq_input_maps(x, s, z, 0, 255)
+    m2, c2 = torch.ops.torchqat.fake_quantize_lsq_input_maps(x.contiguous(), s, z, 0, 255)
+    assert torch.equal(m1, m2) and torch.equal(c1, c2) and c1.numel() > 0
+    with pytest.raises(RuntimeError, match="fake_quantize_lsq_input_maps: per-tensor only"):
+        torch.ops.torchqat.fake_quantize_lsq_input_maps(x, torch.ones(3), torch.zeros(3), 0, 255)
+    with pytest.raises(RuntimeError, match="fake_quantize_lsq_input_maps: input must be float32 "
+                                           "or float64, got Half"):
+        torch.ops.torchqat.fake_quantize_lsq_input_maps(x.half(), s, z, 0, 255)
+    with pytest.raises(RuntimeError, match="fake_quantize_lsq_input_maps: scale"):
+        torch.ops.torchqat.fake_quantize_lsq_input_maps(x, -s, z, 0, 255)
+
+
+def test_input_maps_opcheck():
+    from torch.library import opcheck
+
+    x = torch.randn(2, 3, 5, 5) * 40
+    opcheck(torch.ops.torchqat.fake_quantize_lsq_input_maps.default,
+            (x, torch.tensor([0.1]), torch.tensor([128.0]), 0, 255),
+            test_utils=("test_schema", "test_faketensor"))

@@ -139,6 +139,14 @@ def _fake_quantize_lsq_after_silu_backward_inplace_fake(grad, input, pre_activat
     return _lsq_parameter_grads(scale, zero_point)
 
 
+@torch.library.register_fake("torchqat::fake_quantize_lsq_input_maps")
+def _fake_quantize_lsq_input_maps_fake(input, scale, zero_point, quant_min, quant_max):
+    _check_devices("fake_quantize_lsq_input_maps", input, scale=scale, zero_point=zero_point)
+    clipped = torch.library.get_ctx().new_dynamic_size()
+    return (torch.empty(input.shape, dtype=input.dtype, device=input.device),
+            torch.empty(clipped, dtype=torch.long, device=input.device))
+
+
 def _quantized_dtype(quant_min: int, quant_max: int) -> torch.dtype:
     # The smallest of uint8, int8, int16, int32 that holds [quant_min, quant_max].
     if quant_min >= 0 and quant_max <= 255:

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -273,6 +274,49 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_after_silu_backward_inplace
   return {dscale, dzero};
 }
 
+// For the adjoint gradient of a model input's per-tensor learnable scale: LSQ's per-element
+// derivative map with respect to the scale, and the flat indices of the clipped elements (where
+// the zero point's map is nonzero), from one pass over the input.
+std::tuple<at::Tensor, at::Tensor> fake_quantize_lsq_input_maps_cpu(
+    const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+    int64_t quant_min, int64_t quant_max) {
+  const char* op = "fake_quantize_lsq_input_maps";
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": input must be float32 or float64, got ", input.scalar_type());
+  TORCH_CHECK(scale.numel() == 1, op, ": per-tensor only: scale must have 1 element, got ",
+              scale.numel());
+  const auto p = ops::prepare_fake_quant(op, input, scale, zero_point, quant_min, quant_max,
+                                         std::nullopt, at::Tensor());
+  const at::Tensor x = input.contiguous();  // indices count in this (row-major) order
+  at::Tensor map = at::empty_like(x);
+  const int64_t numel = x.numel();
+  std::vector<uint8_t> clipped(static_cast<size_t>(numel));
+  if (numel > 0) {
+    const HostQParams hq(p, quant_min, quant_max);
+    fake_quant_kernels().lsq_scale_map(x.scalar_type(), x.const_data_ptr(),
+                                       map.mutable_data_ptr(), clipped.data(), numel, hq.qp);
+  }
+  // Few elements clip in a calibrated input: skip zero bytes eight at a time.
+  std::vector<int64_t> where;
+  int64_t i = 0;
+  for (; i + 8 <= numel; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, clipped.data() + i, sizeof(word));
+    if (word == 0) continue;
+    for (int64_t k = i; k < i + 8; ++k) {
+      if (clipped[k]) where.push_back(k);
+    }
+  }
+  for (; i < numel; ++i) {
+    if (clipped[i]) where.push_back(i);
+  }
+  at::Tensor indices = at::empty({static_cast<int64_t>(where.size())}, x.options().dtype(at::kLong));
+  if (!where.empty()) {
+    std::memcpy(indices.mutable_data_ptr<int64_t>(), where.data(), where.size() * sizeof(int64_t));
+  }
+  return {map, indices};
+}
+
 }  // namespace
 
 const FakeQuantKernels& fake_quant_kernels() {
@@ -294,6 +338,7 @@ TORCH_LIBRARY_IMPL(torchqat, CPU, m) {
   m.impl("fake_quantize_lsq_backward_", &torchqat::cpu::fake_quantize_lsq_backward_inplace_cpu);
   m.impl("fake_quantize_lsq_after_silu_backward",
          &torchqat::cpu::fake_quantize_lsq_after_silu_backward_cpu);
+  m.impl("fake_quantize_lsq_input_maps", &torchqat::cpu::fake_quantize_lsq_input_maps_cpu);
   m.impl("fake_quantize_lsq_after_silu_backward_",
          &torchqat::cpu::fake_quantize_lsq_after_silu_backward_inplace_cpu);
 }

@@ -47,6 +47,11 @@ struct FakeQuantKernels {
   void (*lsq_silu_backward)(c10::ScalarType dtype, const void* dy, const void* x,
                             const void* pre, void* dx, FakeQuantShape shape, FakeQuantQParams qp,
                             double* dscale, double* dzero_point);
+  // Per tensor (qp has one channel), float32 / float64: m = LSQ's derivative of the output with
+  // respect to the scale, per element (lsq_backward's scale term with dy = 1), and clipped = 1
+  // where the element quantizes outside [quant_min, quant_max] (0 inside and for NaN).
+  void (*lsq_scale_map)(c10::ScalarType dtype, const void* x, void* m, uint8_t* clipped,
+                        int64_t numel, FakeQuantQParams qp);
 };
 
 const FakeQuantKernels& fake_quant_kernels_default();

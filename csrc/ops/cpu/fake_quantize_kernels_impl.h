@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -384,6 +385,56 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, const sca
   }
 }
 
+// LSQ's per-element derivative of the output with respect to a per-tensor scale (the lsq_vec
+// term with dy = 1) into m, and clipped[i] = 1 where x[i] quantizes outside the range. For the
+// model input's adjoint scale gradient (python/torchqat/nn/input_scale_grad.py).
+template <typename scalar_t>
+void lsq_scale_map_typed(const scalar_t* x_ptr, scalar_t* m_ptr, uint8_t* clipped_ptr,
+                         int64_t numel, const FakeQuantQParams& qp) {
+  using T = opmath_t<scalar_t>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const Params<T> p(qp, 1);
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    const scalar_t* const x = x_ptr;  // local copies, as in forward_typed
+    scalar_t* const m = m_ptr;
+    uint8_t* const clipped = clipped_ptr;
+    const VecParams<T> vp = VecParams<T>::broadcast(p, 0);
+    int64_t i = begin;
+    for (; i + W <= end; i += W) {
+      const Vec xv = load_opmath(x + i);
+      const Vec v = unclamped(xv, vp);
+      const Vec below = v < vp.qmin;
+      const Vec above = v > vp.qmax;
+      const Vec inside = (v >= vp.qmin) & (v <= vp.qmax);
+      const Vec y = (v - vp.z) * vp.s;
+      store_opmath(m + i, (((y - xv) * vp.inv_s) & inside) | (vp.qmin_minus_z & below) |
+                              (vp.qmax_minus_z & above));
+      T lanes[W];
+      (below | above).store(lanes);
+      for (int64_t k = 0; k < W; ++k) {
+        uint32_t bits;
+        std::memcpy(&bits, &lanes[k], sizeof(bits));  // all ones where clipped, else zero
+        clipped[i + k] = bits != 0;
+      }
+    }
+    for (; i < end; ++i) {
+      const auto g = core::lsq_element_grad<T>(T(1), static_cast<T>(x[i]), p.s[0], p.inv_s[0],
+                                               p.z[0], p.qmin, p.qmax);
+      m[i] = static_cast<scalar_t>(g.dscale);
+      clipped[i] = g.dzero_point != T(0);
+    }
+  });
+}
+
+void lsq_scale_map(c10::ScalarType dtype, const void* x, void* m, uint8_t* clipped,
+                   int64_t numel, FakeQuantQParams qp) {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fake_quantize_lsq_input_maps", [&] {
+    lsq_scale_map_typed(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(m), clipped,
+                        numel, qp);
+  });
+}
+
 void forward(c10::ScalarType dtype, const void* x, void* y, FakeQuantShape sh,
              FakeQuantQParams qp) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fake_quantize", [&] {
@@ -429,7 +480,8 @@ const FakeQuantKernels& TORCHQAT_KERNELS_NAME() {
   static const FakeQuantKernels kernels{TORCHQAT_KERNELS_ISA, &CPU_CAPABILITY::forward,
                                         &CPU_CAPABILITY::ste_backward,
                                         &CPU_CAPABILITY::lsq_backward,
-                                        &CPU_CAPABILITY::lsq_silu_backward};
+                                        &CPU_CAPABILITY::lsq_silu_backward,
+                                        &CPU_CAPABILITY::lsq_scale_map};
   return kernels;
 }
 

@@ -17,10 +17,9 @@ TinyDetector's stem (3 -> 16 channels, 3x3 stride 2, 8 x 128 x 128, 1 thread), 0
 3.2 ms. ``m_z`` is zero unless some element was clipped: its convolution is skipped then, and
 while few elements are clipped the input gradient is computed at just those positions instead.
 
-The maps are formed from what the forward already has: the mask ``inside`` of
-``fake_quantize_lsq_backward`` with a gradient of ones and ``y = fake_quantize_lsq(x)``:
-``m_s = (y - x * inside) / s`` (inside, ``y = round(x/s) * s``; outside, ``y / s`` is
-``quant_min - z`` or ``quant_max - z``) and ``m_z = (inside - 1) * s``.
+The maps come from one pass over ``x`` (``torch.ops.torchqat.fake_quantize_lsq_input_maps``): ``m_s``
+(the scale term of LSQ's backward with a gradient of ones) and the flat indices of the clipped
+elements, where ``m_z = -s``.
 
 Used by ``QuantConv2d`` only where it was measured to pay and where the plain path is not needed:
 CPU tensors, per-tensor learnable input quantizer in ``fake_quantize`` mode, zero padding, no
@@ -107,28 +106,28 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                 dilation, False, [0, 0], groups, [False, need_w, need_b and has_bias])
 
         if need_s or need_z:
-            # inside: 1 where x quantizes inside [quant_min, quant_max], else 0; clipped_sum is
-            # -s * (number of clipped elements): zero exactly when m_z is zero everywhere.
-            inside, _, clipped_sum = torch.ops.torchqat.fake_quantize_lsq_backward(
-                torch.ones_like(x), x, scale, zero_point, quant_min, quant_max, None, 1.0)
+            # One pass over x: m_s, and the flat indices of the clipped elements (where m_z is
+            # -s; it is zero everywhere else).
+            m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(
+                x, scale, zero_point, quant_min, quant_max)
             s = scale.reshape(())
             if need_s:
-                m_s = torch.addcmul(y, x, inside, value=-1.0).div_(s)
                 conv_m = F.conv2d(m_s, weight, None, stride, padding, dilation, groups)
                 grad_s = (_dot(grad_out, conv_m) * grad_factor).reshape(scale.shape) \
                     .to(scale.dtype)
             if need_z:
                 grad_z = torch.zeros(zero_point.shape, dtype=torch.float32,
                                      device=zero_point.device)
-                if bool(clipped_sum.ne(0).any()):
-                    clipped = (inside == 0).nonzero()
-                    if groups == 1 and clipped.size(0) <= x.numel() // _SPARSE_FRACTION:
-                        # m_z is -s on the few clipped elements and 0 elsewhere: the input
-                        # gradient at just those positions instead of a convolution of the map.
-                        total = -s * _input_grad_at(grad_out, weight, clipped, stride, padding,
+                if clipped.numel() > 0:
+                    if groups == 1 and clipped.numel() <= x.numel() // _SPARSE_FRACTION:
+                        # The input gradient at just the few clipped positions instead of a
+                        # convolution of the map.
+                        positions = torch.stack(torch.unravel_index(clipped, x.shape), dim=1)
+                        total = -s * _input_grad_at(grad_out, weight, positions, stride, padding,
                                                     dilation)
                     else:
-                        m_z = inside.sub_(1.0).mul_(s)
+                        m_z = torch.zeros(x.numel(), dtype=x.dtype, device=x.device) \
+                            .index_fill_(0, clipped, 1.0).mul_(-s).view(x.shape)
                         conv_m = F.conv2d(m_z, weight, None, stride, padding, dilation, groups)
                         total = _dot(grad_out, conv_m)
                     grad_z = (total * grad_factor).reshape(zero_point.shape)
