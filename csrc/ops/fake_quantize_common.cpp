@@ -209,6 +209,19 @@ at::Tensor floor_scale(const char* op, const at::Tensor& scale, double min_scale
   if (min_scale == 0.0) return scale;
   TORCH_CHECK(scale.is_floating_point(), op, ": scale must be float32 or float64, got ",
               scale.scalar_type());
+  if (scale.is_cpu() && scale.layout() == at::kStrided &&
+      !scale.key_set().has_any(c10::DispatchKeySet(
+          {c10::DispatchKey::Python, c10::DispatchKey::Functionalize}))) {
+    // A CPU scale already at or above the floor (the usual case) is its own floored value:
+    // reading it costs nothing, and it saves an operator call and an allocation per quantizer.
+    bool above = true;
+    AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "floor_scale", [&] {
+      const at::Tensor c = scale.contiguous();
+      const scalar_t* v = c.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < c.numel() && above; ++i) above = v[i] >= min_scale;
+    });
+    if (above) return scale;
+  }
   return at::clamp_min(scale, min_scale);
 }
 
@@ -216,7 +229,10 @@ FakeQuantOutput make_output(const at::Tensor& caller_input, const FakeQuantProbl
                             std::optional<at::ScalarType> dtype) {
   const at::ScalarType t = dtype.value_or(caller_input.scalar_type());
   at::Tensor out = at::empty_like(caller_input, caller_input.options().dtype(t));
-  if (!problem.copied && out.strides() == problem.input.strides()) return {out, out};
+  // Also when the problem works on a dense copy of the input: the kernel can write the output
+  // in place of a temporary whenever the two layouts agree (a channel slice of a contiguous
+  // tensor, whose empty_like is contiguous, like its dense copy).
+  if (out.strides() == problem.input.strides()) return {out, out};
   return {out, at::empty_like(problem.input, problem.input.options().dtype(t))};
 }
 
