@@ -26,6 +26,16 @@ using FakeQuantizeLsqBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
     std::optional<int64_t>, double);
 
+using FakeQuantizeLsqSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      int64_t, int64_t, std::optional<int64_t>, double, double);
+
+c10::TypedOperatorHandle<FakeQuantizeLsqSig> fake_quantize_lsq_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
+                       .typed<FakeQuantizeLsqSig>();
+  return op;
+}
+
 c10::TypedOperatorHandle<FakeQuantizeBackwardSig> fake_quantize_backward_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchqat::fake_quantize_backward", "")
@@ -144,11 +154,6 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
                             const at::Tensor& scale, const at::Tensor& zero_point,
                             int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis,
                             double grad_factor, double min_scale) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, int64_t, int64_t,
-                                           std::optional<int64_t>, double, double)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     // The floor is applied here, once: the backward sees the scale the forward used, and the
     // scale's gradient is returned for `scale` unchanged (straight through the floor).
@@ -158,7 +163,8 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
     ctx->saved_data["quant_max"] = quant_max;
     ctx->saved_data["axis"] = optional_axis(axis);
     ctx->saved_data["grad_factor"] = grad_factor;
-    return op.call(input, floored, zero_point, quant_min, quant_max, axis, grad_factor, 0.0);
+    return fake_quantize_lsq_op().call(input, floored, zero_point, quant_min, quant_max, axis,
+                                       grad_factor, 0.0);
   }
 
   // grad_outputs by reference: CppNode passes its own list, so moving the gradient out of it
@@ -238,8 +244,8 @@ class FakeQuantizeLsqAfterSilu : public torch::autograd::Function<FakeQuantizeLs
     ctx->saved_data["quant_max"] = quant_max;
     ctx->saved_data["axis"] = optional_axis(axis);
     ctx->saved_data["grad_factor"] = grad_factor;
-    return fake_quantize_lsq_forward_op().call(input, floored, zero_point, quant_min, quant_max,
-                                               axis, grad_factor, 0.0);
+    return fake_quantize_lsq_op().call(input, floored, zero_point, quant_min, quant_max, axis,
+                                       grad_factor, 0.0);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list& grad_outputs) {
@@ -278,19 +284,6 @@ class FakeQuantizeLsqAfterSilu : public torch::autograd::Function<FakeQuantizeLs
     if (!ctx->needs_input_grad(2)) dscale = at::Tensor();
     return {at::Tensor(), dpre,        dscale,      dzero_point, at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-
- private:
-  static c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                             const at::Tensor&, int64_t, int64_t,
-                                             std::optional<int64_t>, double, double)>
-  fake_quantize_lsq_forward_op() {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, int64_t, int64_t,
-                                           std::optional<int64_t>, double, double)>();
-    return op;
   }
 };
 
@@ -468,12 +461,8 @@ at::Tensor fake_quantize_lsq_after_silu_forward(
     const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
     std::optional<int64_t> axis, double grad_factor, double min_scale) {
   ops::check_pre_activation("fake_quantize_lsq_after_silu", input, pre_activation);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchqat::fake_quantize_lsq", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, int64_t, std::optional<int64_t>, double,
-                                         double)>();
-  return op.call(input, scale, zero_point, quant_min, quant_max, axis, grad_factor, min_scale);
+  return fake_quantize_lsq_op().call(input, scale, zero_point, quant_min, quant_max, axis,
+                                     grad_factor, min_scale);
 }
 
 at::Tensor fake_quantize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
