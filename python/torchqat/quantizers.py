@@ -46,6 +46,15 @@ logger = logging.getLogger("torchqat")
 MODES = ("fake_quantize", "observe", "pass_through")
 
 
+_top_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def _saved_tensors_hooks_active() -> bool:
+    # torch.autograd.graph.saved_tensors_hooks (activation checkpointing) in force; where torch
+    # cannot tell, assume they are.
+    return _top_saved_tensors_hooks is None or _top_saved_tensors_hooks(False) is not None
+
+
 def silu_pre_activation(x: torch.Tensor) -> Optional[torch.Tensor]:
     """The input ``t`` of the SiLU that produced ``x`` (``x = silu(t)``, ``x.grad_fn`` is SiLU's
     autograd node), where a learnable quantizer may take
@@ -69,7 +78,7 @@ def silu_pre_activation(x: torch.Tensor) -> Optional[torch.Tensor]:
             or not torch.is_grad_enabled()
             or x.retains_grad
             or x._backward_hooks
-            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
+            or _saved_tensors_hooks_active()):
         return None
     try:
         pre = fn._saved_self
