@@ -4,7 +4,8 @@
 # `cuda`-marked tests: the CPU tests parametrised by device, and tests/test_int8_cuda.py with
 # both GEMM paths), the GPU benchmarks, the C++ example program on the GPU (CMake build of
 # libtorchqat with CUDA), and then the rest of the pytest suite. Everything it prints is also
-# written to the output folder, one log per step (at most 7 files).
+# written to the output folder, one log per step (at most 8 files). Where the host CPU has
+# AVX-512 VNNI, it also benchmarks the INT8 Linear kernels there.
 #
 #   bash scripts/gpu_check.sh [output-folder]      (default: out/gpu_check, or $OUT if set)
 #
@@ -77,5 +78,12 @@ step cpp_example_cuda 600 "$py" examples/cpp/check.py --device cuda --cmake-buil
   --work build/gpu-cpp-example --jobs "$jobs" --threads 4 \
   --cmake-arg="-DCMAKE_CUDA_ARCHITECTURES=${arch//./}"
 step pytest_rest 1800 "$py" -m pytest -q -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
+# The host CPU's INT8 GEMM kernels: where it has AVX-512 VNNI (the build machine has AVX2 only),
+# pytest_rest ran the avx512_vnni kernel's tests, and its speed is measured here.
+cpu_kernels=$("$py" -c 'import torch, torchqat; print(" ".join(torch.ops.torchqat.int8_linear_kernels()))' 2>&1)
+echo "cpu int8 kernels: $cpu_kernels" | tee -a "$out/summary.txt"
+if [[ " $cpu_kernels " == *" avx512_vnni "* ]]; then
+  step bench_int8_linear_vnni 300 "$py" benchmarks/bench_int8_linear.py --threads 1 --min-time 0.2
+fi
 echo "=== gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED)" | tee -a "$out/summary.txt"
 exit $status
