@@ -63,15 +63,22 @@ SYMMETRIC = tq.QuantSpec(bits=8, symmetric=True, learnable=True)
     dict(stride=(2, 1), padding=(0, 1)),
 ], ids=["s2p1", "dilated-nobias", "asym"])
 @pytest.mark.parametrize("clipped", ["none", "few", "many"])
-def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clipped):
+def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clipped,
+                                                  monkeypatch):
+    import torchqat.nn.input_scale_grad as isg
+
+    sparse_calls = []
+    real_input_grad_at = isg._input_grad_at
+    monkeypatch.setattr(isg, "_input_grad_at",
+                        lambda *a: sparse_calls.append(1) or real_input_grad_at(*a))
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 17, 19, generator=g, dtype=dtype)
+    x = torch.rand(2, 3, 33, 35, generator=g, dtype=dtype)
     conv = make_conv(spec, x, dtype, **conv_kwargs)
     if clipped == "many":  # beyond the calibrated range: many elements clip at both ends
         x = (x - 0.5) * 3.0
     elif clipped == "few":  # a handful, at borders and inside: the zero point's sparse path
         x = x.clone()
-        for n, c, h, w, v in [(0, 0, 0, 0, 9.0), (1, 2, 16, 18, -9.0), (0, 1, 7, 3, 5.0),
+        for n, c, h, w, v in [(0, 0, 0, 0, 9.0), (1, 2, 32, 34, -9.0), (0, 1, 7, 3, 5.0),
                               (1, 0, 0, 11, -4.0)]:
             x[n, c, h, w] = v
     assert uses_input_scale_adjoint(conv, x)
@@ -101,6 +108,9 @@ def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clip
             assert g_adj["input_quantizer.zero_point"].abs().item() > 0
         else:
             assert g_adj["input_quantizer.zero_point"].item() == 0.0
+        # A handful of clipped pixels takes the positional (sparse) path, many the convolution.
+        groups = conv_kwargs.get("groups", 1)
+        assert bool(sparse_calls) == (clipped == "few" and groups == 1)
     for name in ("weight", "bias", "weight_quantizer.scale"):
         if name in g_plain:
             torch.testing.assert_close(g_adj[name], g_plain[name], rtol=1e-5, atol=1e-6)
