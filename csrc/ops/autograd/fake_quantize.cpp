@@ -54,6 +54,14 @@ c10::IValue optional_axis(std::optional<int64_t> axis) {
   return axis.has_value() ? c10::IValue(*axis) : c10::IValue();
 }
 
+// The integer range and axis every fake-quant autograd node keeps for its backward.
+void save_range(AutogradContext* ctx, int64_t quant_min, int64_t quant_max,
+                std::optional<int64_t> axis) {
+  ctx->saved_data["quant_min"] = quant_min;
+  ctx->saved_data["quant_max"] = quant_max;
+  ctx->saved_data["axis"] = optional_axis(axis);
+}
+
 std::optional<int64_t> saved_axis(AutogradContext* ctx) {
   const auto& v = ctx->saved_data["axis"];
   return v.isNone() ? std::nullopt : std::optional<int64_t>(v.toInt());
@@ -121,9 +129,7 @@ class FakeQuantize : public torch::autograd::Function<FakeQuantize> {
                                            std::optional<int64_t>)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({input, scale, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["axis"] = optional_axis(axis);
+    save_range(ctx, quant_min, quant_max, axis);
     return op.call(input, scale, zero_point, quant_min, quant_max, axis);
   }
 
@@ -159,9 +165,7 @@ class FakeQuantizeLsq : public torch::autograd::Function<FakeQuantizeLsq> {
     // scale's gradient is returned for `scale` unchanged (straight through the floor).
     const at::Tensor floored = ops::floor_scale("fake_quantize_lsq", scale, min_scale);
     ctx->save_for_backward({input, floored, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["axis"] = optional_axis(axis);
+    save_range(ctx, quant_min, quant_max, axis);
     ctx->saved_data["grad_factor"] = grad_factor;
     return fake_quantize_lsq_op().call(input, floored, zero_point, quant_min, quant_max, axis,
                                        grad_factor, 0.0);
@@ -240,9 +244,7 @@ class FakeQuantizeLsqAfterSilu : public torch::autograd::Function<FakeQuantizeLs
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor floored = ops::floor_scale(op_name, scale, min_scale);
     ctx->save_for_backward({input, pre_activation, floored, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["axis"] = optional_axis(axis);
+    save_range(ctx, quant_min, quant_max, axis);
     ctx->saved_data["grad_factor"] = grad_factor;
     return fake_quantize_lsq_op().call(input, floored, zero_point, quant_min, quant_max, axis,
                                        grad_factor, 0.0);
@@ -297,9 +299,7 @@ class FakeQuantizeBackward : public torch::autograd::Function<FakeQuantizeBackwa
                             int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({input, scale, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["axis"] = optional_axis(axis);
+    save_range(ctx, quant_min, quant_max, axis);
     return fake_quantize_backward_op().call(grad, input, scale, zero_point, quant_min, quant_max,
                                             axis);
   }
@@ -359,9 +359,7 @@ class FakeQuantizeLsqBackward : public torch::autograd::Function<FakeQuantizeLsq
                                double grad_factor) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({input, scale, zero_point});
-    ctx->saved_data["quant_min"] = quant_min;
-    ctx->saved_data["quant_max"] = quant_max;
-    ctx->saved_data["axis"] = optional_axis(axis);
+    save_range(ctx, quant_min, quant_max, axis);
     ctx->saved_data["grad_factor"] = grad_factor;
     auto [dx, dscale, dzero_point] = fake_quantize_lsq_backward_op().call(
         grad, input, scale, zero_point, quant_min, quant_max, axis, grad_factor);

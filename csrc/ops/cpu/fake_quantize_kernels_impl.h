@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -279,7 +278,8 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, const sca
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   constexpr int64_t kFlush = 4096;  // elements summed in T before moving into double
-  constexpr bool kFromOutput = std::is_same_v<scalar_t, T>;  // silu_grad's sigmoid from x
+  // silu_grad's sigmoid from x; static, so the lambdas below use it without a capture.
+  static constexpr bool kFromOutput = std::is_same_v<scalar_t, T>;
   const Params<T> p(qp, sh.channels);
   const bool gather = sh.inner == 1 && sh.channels > 1;
   const int64_t C = sh.channels;
@@ -329,8 +329,8 @@ void lsq_backward_typed(const scalar_t* dy_ptr, const scalar_t* x_ptr, const sca
       // dx of one vector: the LSQ input gradient, times silu'(pre) when fused.
       const auto store_dx = [dx, pre, x](int64_t at, const Vec& v) {
         if constexpr (kSilu) {
-          store_opmath(dx + at, silu_grad_vec<std::is_same_v<scalar_t, T>>(v, load_opmath(pre + at),
-                                                           load_opmath(x + at)));
+          store_opmath(dx + at,
+                       silu_grad_vec<kFromOutput>(v, load_opmath(pre + at), load_opmath(x + at)));
         } else {
           store_opmath(dx + at, v);
         }
@@ -401,22 +401,15 @@ void lsq_scale_map_typed(const scalar_t* x_ptr, scalar_t* m_ptr, uint8_t* clippe
     uint8_t* const clipped = clipped_ptr;
     const VecParams<T> vp = VecParams<T>::broadcast(p, 0);
     int64_t i = begin;
+    const Vec one(T(1));
     for (; i + W <= end; i += W) {
-      const Vec xv = load_opmath(x + i);
-      const Vec v = unclamped(xv, vp);
-      const Vec below = v < vp.qmin;
-      const Vec above = v > vp.qmax;
-      const Vec inside = (v >= vp.qmin) & (v <= vp.qmax);
-      const Vec y = (v - vp.z) * vp.s;
-      store_opmath(m + i, (((y - xv) * vp.inv_s) & inside) | (vp.qmin_minus_z & below) |
-                              (vp.qmax_minus_z & above));
+      // lsq_vec with dy = 1: ds is the map, dz is -s (nonzero: s > 0) exactly where clipped.
+      Vec dx, ds, dz;
+      lsq_vec(one, load_opmath(x + i), vp, dx, ds, dz);
+      store_opmath(m + i, ds);
       T lanes[W];
-      (below | above).store(lanes);
-      for (int64_t k = 0; k < W; ++k) {
-        uint32_t bits;
-        std::memcpy(&bits, &lanes[k], sizeof(bits));  // all ones where clipped, else zero
-        clipped[i + k] = bits != 0;
-      }
+      dz.store(lanes);
+      for (int64_t k = 0; k < W; ++k) clipped[i + k] = lanes[k] != T(0);
     }
     for (; i < end; ++i) {
       const auto g = core::lsq_element_grad<T>(T(1), static_cast<T>(x[i]), p.s[0], p.inv_s[0],
