@@ -139,6 +139,62 @@ inline void lsq_vec(const Vectorized<T>& dy, const Vectorized<T>& x, const VecPa
   dz = (dy * p.neg_s) & (below | above);
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// float32 on AVX-512: the functions above, the same operations in the same order (so the same
+// bits), on mask registers. at::vec builds every comparison and every NaN-propagating minimum /
+// maximum as an all-ones vector (a compare, a masked set and an OR); with those, the element-wise
+// passes issued about twice the vector instructions these need and ran at 1.5 x the time of an
+// ATen pass that moves the same bytes (measured: benchmarks/bench_fake_quant.py, docs/kernels.md).
+// Overloads, not specialisations: a non-template function wins over the templates above.
+inline __m512 all_ones_ps() { return _mm512_castsi512_ps(_mm512_set1_epi32(-1)); }
+
+inline __m512 unclamped_avx512(__m512 x, const VecParams<float>& p) {
+  return _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(x, p.inv_s),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                       p.z);
+}
+
+// v >= qmin && v <= qmax (false for NaN).
+inline __mmask16 inside_avx512(__m512 v, const VecParams<float>& p) {
+  return _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(v, p.qmin, _CMP_GE_OQ), v, p.qmax,
+                                 _CMP_LE_OQ);
+}
+
+inline Vectorized<float> fake_quantize_vec(const Vectorized<float>& x,
+                                           const VecParams<float>& p) {
+  const __m512 v = unclamped_avx512(x, p);
+  // minimum(maximum(v, qmin), qmax): the bounds are never NaN, so a lane is NaN exactly where v
+  // is, and at::vec makes it all ones there.
+  const __m512 q = _mm512_mask_mov_ps(_mm512_min_ps(_mm512_max_ps(v, p.qmin), p.qmax),
+                                      _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), all_ones_ps());
+  return _mm512_mul_ps(_mm512_sub_ps(q, p.z), p.s);
+}
+
+inline Vectorized<float> inside_mask(const Vectorized<float>& x, const VecParams<float>& p) {
+  return _mm512_maskz_mov_ps(inside_avx512(unclamped_avx512(x, p), p), all_ones_ps());
+}
+
+inline void lsq_vec(const Vectorized<float>& dy_vec, const Vectorized<float>& x_vec,
+                    const VecParams<float>& p, Vectorized<float>& dx, Vectorized<float>& ds,
+                    Vectorized<float>& dz) {
+  const __m512 dy = dy_vec;
+  const __m512 x = x_vec;
+  const __m512 v = unclamped_avx512(x, p);
+  const __mmask16 below = _mm512_cmp_ps_mask(v, p.qmin, _CMP_LT_OQ);
+  const __mmask16 above = _mm512_cmp_ps_mask(v, p.qmax, _CMP_GT_OQ);
+  const __mmask16 inside = inside_avx512(v, p);
+  const __m512 y = _mm512_mul_ps(_mm512_sub_ps(v, p.z), p.s);
+  dx = _mm512_maskz_mov_ps(inside, dy);
+  // The masks are disjoint; a lane in none of them (NaN) is +0, as the OR of three zeros.
+  __m512 scale_term =
+      _mm512_maskz_mul_ps(inside, _mm512_mul_ps(dy, _mm512_sub_ps(y, x)), p.inv_s);
+  scale_term = _mm512_mask_mul_ps(scale_term, below, dy, p.qmin_minus_z);
+  scale_term = _mm512_mask_mul_ps(scale_term, above, dy, p.qmax_minus_z);
+  ds = scale_term;
+  dz = _mm512_maskz_mul_ps(static_cast<__mmask16>(below | above), dy, p.neg_s);
+}
+#endif  // CPU_CAPABILITY_AVX512
+
 // silu_backward(g, pre) = g * sigmoid(pre) * (1 + pre * (1 - sigmoid(pre))), in ATen's order.
 // sigmoid(pre) is x / pre, from the SiLU output x = pre * sigmoid(pre) the kernel reads anyway:
 // a division instead of an exponential, which made the fused pass compute-bound. In float32 and
@@ -161,6 +217,15 @@ inline Vectorized<T> silu_grad_vec(const Vectorized<T>& g, const Vectorized<T>& 
                                    const Vectorized<T>& x) {
   const Vectorized<T> one(T(1));
   Vectorized<T> sigmoid;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kFromOutput && std::is_same_v<T, float>) {
+    // The blend below on a mask register (see the AVX-512 overloads above).
+    sigmoid = _mm512_mask_mov_ps(
+        _mm512_div_ps(x, pre), _mm512_cmp_ps_mask(pre, _mm512_setzero_ps(), _CMP_EQ_OQ),
+        _mm512_set1_ps(0.5f));
+    return g * sigmoid * (one + pre * (one - sigmoid));
+  }
+#endif
   if constexpr (kFromOutput) {
     sigmoid = Vectorized<T>::blendv(x / pre, Vectorized<T>(T(0.5)), pre == Vectorized<T>(T(0)));
   } else {
