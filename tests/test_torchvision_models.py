@@ -58,15 +58,17 @@ def _train_steps(qmodel, loss_of, steps=3, lr=1e-6):
     return losses
 
 
-def _assert_scales_moved(qmodel, before, after):
-    """Every scale with a gradient learned, and most scales got one. (In SSDlite the deepest
-    `backbone.extra` blocks get exactly zero gradient from a 3-step random-init run: no anchor
-    of their levels is matched or mined as a hard negative, so ~16% of its quantizers have
-    nothing to learn yet.)"""
+def _assert_scales_moved(qmodel, before, after, may_lack_grad=None):
+    """Every scale with a gradient learned. Without ``may_lack_grad``, at least 80 % of the scales
+    got one; with it, every scale it does not name got one."""
     params = dict(qmodel.named_parameters())
     with_grad = [n for n in before if params[n].grad is not None
                  and torch.isfinite(params[n].grad).all() and params[n].grad.abs().sum() > 0]
-    assert len(with_grad) >= 0.8 * len(before), sorted(set(before) - set(with_grad))[:5]
+    if may_lack_grad is None:
+        assert len(with_grad) >= 0.8 * len(before), sorted(set(before) - set(with_grad))[:5]
+    else:
+        lacking = sorted(n for n in set(before) - set(with_grad) if not may_lack_grad(n))
+        assert not lacking, lacking[:5]
     assert any("weight_quantizer" in n for n in with_grad)
     assert any("input_quantizer" in n for n in with_grad)
     still = [n for n in with_grad if torch.equal(before[n], after[n])]
@@ -140,5 +142,19 @@ def test_detection_model_qat():
     losses = _train_steps(
         qmodel, lambda m: sum(m(*_detection_batch(g)).values()))
     assert all(torch.isfinite(torch.tensor(losses)))
-    _assert_scales_moved(qmodel, before, _scales(qmodel))
+    _assert_scales_moved(qmodel, before, _scales(qmodel), may_lack_grad=_ssd_coarse_level)
 
+
+def _ssd_coarse_level(name: str) -> bool:
+    """Whether a quantizer belongs to SSDlite's pyramid levels 2-5 (`backbone.extra.k` is level
+    k + 2; `head.*.module_list.k` is level k). Their large anchors match none of the small target
+    boxes, so a level gets a gradient only where the loss mines one of its anchors as a hard
+    negative. In this 3-step random-init run the quantizers of levels 3-5 got none on an
+    AVX-512 Xeon (21 % of all) and about 16 % got none on an AVX2 EPYC: the float rounding of
+    the loss decides the mining. The backbone's features and levels 0-1 always get one."""
+    parts = name.split(".")
+    if name.startswith("backbone.extra."):
+        return True
+    if "module_list" in parts:
+        return int(parts[parts.index("module_list") + 1]) >= 2
+    return False
