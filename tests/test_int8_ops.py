@@ -491,6 +491,12 @@ def test_auto_kernel_follows_environment(monkeypatch):
     monkeypatch.delenv("TORCHQAT_INT8_KERNEL", raising=False)
     monkeypatch.delenv("TORCHQAT_CPU_CAPABILITY", raising=False)
     assert int8.pack_linear(w, s).kernel() == KERNELS[0]  # the best this CPU runs
+    if "brgemm" in KERNELS:  # AMX: "auto" takes it for convolutions only (test_int8_conv.py)
+        assert KERNELS[0] == "avx512_vnni"
+        assert int8.pack_linear(w, s, kernel="brgemm").kernel() == "brgemm"
+        monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "brgemm")
+        assert int8.pack_linear(w, s).kernel() == "brgemm"
+        monkeypatch.delenv("TORCHQAT_INT8_KERNEL")
     monkeypatch.setenv("TORCHQAT_CPU_CAPABILITY", "default")
     assert int8.pack_linear(w, s).kernel() == "reference"
     if "avx2" in KERNELS:
@@ -500,8 +506,8 @@ def test_auto_kernel_follows_environment(monkeypatch):
     assert int8.pack_linear(w, s).kernel() == "int_mm"
     assert int8.pack_linear(w, s, kernel="reference").kernel() == "reference"  # explicit wins
     monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "bogus")
-    with pytest.raises(RuntimeError, match="int8 kernel must be 'auto', 'avx512_vnni', 'avx2', "
-                                           "'reference', 'int_mm', 'vnni_emulated' or "
+    with pytest.raises(RuntimeError, match="int8 kernel must be 'auto', 'brgemm', 'avx512_vnni', "
+                                           "'avx2', 'reference', 'int_mm', 'vnni_emulated' or "
                                            "'avx2_u7', got 'bogus'"):
         int8.pack_linear(w, s)
     monkeypatch.delenv("TORCHQAT_INT8_KERNEL")
@@ -509,6 +515,13 @@ def test_auto_kernel_follows_environment(monkeypatch):
     with pytest.raises(RuntimeError, match="TORCHQAT_CPU_CAPABILITY must be default, avx2 or "
                                            "avx512, got 'sse9'"):
         int8.pack_linear(w, s)
+
+
+def test_unavailable_brgemm_raises():
+    if "brgemm" in KERNELS:
+        pytest.skip("this machine runs brgemm")
+    with pytest.raises(RuntimeError, match="int8 kernel 'brgemm' needs AVX-512 VNNI and AMX-INT8"):
+        int8.pack_linear(torch.ones(2, 2, dtype=torch.int8), torch.ones(2), kernel="brgemm")
 
 
 def test_unavailable_kernel_raises():

@@ -130,7 +130,7 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
                                 pairs_.mutable_data_ptr<int16_t>());
     return;
   }
-  gemm_ = cpu::find_int8_gemm(kernel, &kernel_);
+  gemm_ = cpu::find_int8_gemm(kernel, &kernel_, /*for_convolution=*/true);
   if (gemm_ != nullptr) {
     packed_group_bytes_ = gemm_->packed_b_bytes(Ng, K);
     packed_ = at::empty({groups * packed_group_bytes_}, at::TensorOptions().dtype(at::kChar));
@@ -230,6 +230,8 @@ void register_packed_conv2d_class() {
           // (name, value) pairs for the fake object of python/torchqat/_ops.py (torch.compile /
           // torch.export); names differ from the methods', which the fake object has too.
           // Copies of the tensors (optional_clone says why); a few KB to MB once per trace.
+          .def("__eq__", &packed::same_object<PackedConv2d>)
+          .def("__ne__", &packed::other_object<PackedConv2d>)
           .def("__obj_flatten__",
                [](const c10::intrusive_ptr<PackedConv2d>& self) {
                  return std::make_tuple(

@@ -135,6 +135,8 @@ void register_packed_linear_class() {
           // python/torchqat/_ops.py, so that traced graphs can carry a PackedLinear. The names
           // must differ from the methods', which the fake object gets too.
           // Copies of the tensors (optional_clone says why); a few KB to MB once per trace.
+          .def("__eq__", &packed::same_object<PackedLinear>)
+          .def("__ne__", &packed::other_object<PackedLinear>)
           .def("__obj_flatten__",
                [](const c10::intrusive_ptr<PackedLinear>& self) {
                  return std::make_tuple(

@@ -79,17 +79,6 @@ at::Tensor empty_output(const Conv2dGeometry& g, int64_t out_channels, at::Scala
                    at::TensorOptions().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
-// The epilogue's per-channel arrays advanced to the first channel of a group.
-Int8Epilogue shifted(const Int8Epilogue& e, int64_t c0) {
-  Int8Epilogue s = e;
-  if (s.offset) s.offset += c0;
-  if (s.alpha) s.alpha += c0;
-  if (s.bias) s.bias += c0;
-  if (s.multiplier) s.multiplier += c0;
-  if (s.shift) s.shift += c0;
-  return s;
-}
-
 // The convolution of x (NHWC bytes, zero point z_a) with the packed weights; e without its
 // offset, which this sets. Writes out (float) or out_raw (int32), NHWC [M, O].
 // w: the GEMM kernel and packing to run (PackedConv2d::gemm_weights), unused when depthwise.
@@ -165,7 +154,7 @@ void run_conv(const PackedConv2d& p, const PackedGemmWeights& w, const Conv2dGeo
     for (int64_t t = begin; t < end; ++t) {
       const int64_t grp = t / row_tiles, rt = t % row_tiles;
       const int64_t m0 = rt * tile, m1 = std::min(M, m0 + tile), rows = m1 - m0;
-      const Int8Epilogue eg = shifted(e, grp * Ng);
+      const Int8Epilogue eg = epilogue_from_column(e, grp * Ng);
       float* og = out ? out + m0 * O + grp * Ng : nullptr;
       int32_t* rg = out_raw ? out_raw + m0 * O + grp * Ng : nullptr;
       if (gemm != nullptr) {

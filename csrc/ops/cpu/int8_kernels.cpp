@@ -72,7 +72,11 @@ const Int8GemmKernel* gemm_named(const Int8CpuKernels& table, const std::string&
 }
 
 constexpr const char* kKernelNames =
-    "'auto', 'avx512_vnni', 'avx2', 'reference', 'int_mm', 'vnni_emulated' or 'avx2_u7'";
+    "'auto', 'brgemm', 'avx512_vnni', 'avx2', 'reference', 'int_mm', 'vnni_emulated' or "
+    "'avx2_u7'";
+
+// oneDNN's brgemm with AMX tiles, where present (it needs the AVX-512 VNNI kernel's A layout).
+bool brgemm_available() { return cpu_has_avx512_vnni() && int8_brgemm_kernel() != nullptr; }
 
 }  // namespace
 
@@ -81,7 +85,8 @@ const Int8CpuKernels& int8_cpu_kernels() {
   return chosen;
 }
 
-const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name) {
+const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name,
+                                     bool for_convolution) {
   std::string wanted = name;
   if (wanted == "auto") {
     const char* env = std::getenv("TORCHQAT_INT8_KERNEL");
@@ -91,7 +96,8 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
                   " without 'auto'), got 'auto'");
     } else {
       const Level level = allowed_level();
-      wanted = level == Level::kAvx512Vnni ? "avx512_vnni"
+      wanted = level == Level::kAvx512Vnni && for_convolution && brgemm_available() ? "brgemm"
+               : level == Level::kAvx512Vnni ? "avx512_vnni"
                : level == Level::kAvx2     ? "avx2"
                                            : "reference";
     }
@@ -102,6 +108,11 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
   if (wanted == "avx2" || wanted == "vnni_emulated" || wanted == "avx2_u7") {
     TORCH_CHECK(cpu_has_avx2(), "int8 kernel '", wanted, "' needs AVX2 and FMA, which this CPU lacks");
     return gemm_named(int8_cpu_kernels_avx2(), wanted);
+  }
+  if (wanted == "brgemm") {
+    TORCH_CHECK(brgemm_available(), "int8 kernel 'brgemm' needs AVX-512 VNNI and AMX-INT8 (and a "
+                "torch whose cpublas::brgemm takes uint8 x int8), which this machine lacks");
+    return int8_brgemm_kernel();
   }
   if (wanted == "avx512_vnni") {
     TORCH_CHECK(cpu_has_avx512_vnni(), "int8 kernel 'avx512_vnni' needs AVX-512 (F, BW, VL, DQ) "
@@ -122,6 +133,7 @@ const Int8GemmKernel* seven_bit_input_gemm(const std::string& requested,
 std::vector<std::string> int8_cpu_gemm_kernels() {
   std::vector<std::string> names;
   if (cpu_has_avx512_vnni()) names.emplace_back("avx512_vnni");
+  if (brgemm_available()) names.emplace_back("brgemm");
   if (cpu_has_avx2()) names.emplace_back("avx2");
   names.emplace_back("reference");
   names.emplace_back("int_mm");

@@ -42,6 +42,17 @@ struct Int8Epilogue {
   bool raw_out = false;
 };
 
+// The epilogue with its per-column arrays advanced by n0 columns (a group's or a panel's first).
+inline Int8Epilogue epilogue_from_column(const Int8Epilogue& e, int64_t n0) {
+  Int8Epilogue s = e;
+  if (s.offset) s.offset += n0;
+  if (s.alpha) s.alpha += n0;
+  if (s.bias) s.bias += n0;
+  if (s.multiplier) s.multiplier += n0;
+  if (s.shift) s.shift += n0;
+  return s;
+}
+
 // One GEMM: out[m][n] = epilogue(sum_k a[m][k] * w[n][k]) for rows of A in the kernel's own
 // layout (a_bytes per element, rows padded to lda elements) and W packed by pack_b.
 struct Int8GemmProblem {
@@ -60,7 +71,8 @@ struct Int8GemmProblem {
 // A GEMM kernel family: its packed-B layout, its A layout, and the compute over a block of rows
 // and a range of B panels (panel p holds columns [p * panel_cols, (p + 1) * panel_cols)).
 struct Int8GemmKernel {
-  const char* name;      // "reference", "avx2", "avx512_vnni", "vnni_emulated", "avx2_u7"
+  const char* name;      // "reference", "avx2", "avx512_vnni", "vnni_emulated", "avx2_u7",
+                         // "brgemm"
   int64_t panel_cols;    // columns per packed panel
   int64_t k_align;       // K is padded with zeros to a multiple of this
   int64_t a_bytes;       // bytes per element of A (1: uint8, 2: int16)
@@ -107,14 +119,22 @@ const Int8CpuKernels& int8_cpu_kernels_default();
 const Int8CpuKernels& int8_cpu_kernels_avx2();
 const Int8CpuKernels& int8_cpu_kernels_avx512_vnni();
 
+// The GEMM on ATen's oneDNN brgemm micro-kernel (int8_kernels_brgemm.cpp; AMX tiles), or nullptr
+// where this torch or this CPU cannot run it.
+const Int8GemmKernel* int8_brgemm_kernel();
+
 // The element-wise kernels for this CPU: AVX-512 (F, BW, VL, DQ, VNNI), else AVX2 with FMA, else
 // portable; TORCHQAT_CPU_CAPABILITY=default|avx2|avx512 lowers the choice.
 const Int8CpuKernels& int8_cpu_kernels();
 
 // A GEMM kernel by name: "auto" is the best one this CPU runs (TORCHQAT_INT8_KERNEL=<name>
 // overrides it; TORCHQAT_CPU_CAPABILITY lowers it); "int_mm" (torch._int_mm) has no kernel
-// here and returns nullptr. Asking for one the CPU cannot run is an error.
-const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name);
+// here and returns nullptr. Asking for one the CPU cannot run is an error. "auto" takes
+// "brgemm" for convolutions only (`for_convolution`): their GEMMs have a row per output pixel,
+// while a linear layer's rows are its batch, where brgemm's 16-row tiles lost to avx512_vnni
+// (measured at M = 1 and 32; docs/int8_cpu.md).
+const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name,
+                                     bool for_convolution = false);
 
 // Names of the GEMM kernels this CPU runs, best first, "int_mm" last.
 std::vector<std::string> int8_cpu_gemm_kernels();
