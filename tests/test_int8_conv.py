@@ -26,8 +26,6 @@ from torchqat import int8
 
 ops = torch.ops.torchqat
 GEMM_KERNELS = int8.available_kernels()
-# "auto" for a convolution: oneDNN's brgemm where the CPU has AMX-INT8, else the first listed.
-CONV_AUTO = "brgemm" if "brgemm" in GEMM_KERNELS else GEMM_KERNELS[0]
 U = 2.0**-24  # unit roundoff of float32
 TESTS = Path(__file__).resolve().parent
 
@@ -217,12 +215,19 @@ def test_auto_kernel_choice(monkeypatch):
     assert int8.pack_conv2d(dw, torch.ones(8), groups=8).kernel() == "depthwise"
     # A depthwise multiplier > 1 (two outputs per input channel) is a grouped GEMM.
     assert int8.pack_conv2d(torch.ones(16, 1, 3, 3, dtype=torch.int8), torch.ones(16),
-                            groups=8).kernel() == CONV_AUTO
+                            groups=8).kernel() == GEMM_KERNELS[0]
     w = torch.ones(4, 3, 3, 3, dtype=torch.int8)
-    assert int8.pack_conv2d(w, torch.ones(4)).kernel() == CONV_AUTO
-    if CONV_AUTO == "brgemm":  # not for linear layers
-        assert int8.pack_linear(torch.ones(4, 27, dtype=torch.int8),
-                                torch.ones(4)).kernel() == "avx512_vnni"
+    assert int8.pack_conv2d(w, torch.ones(4)).kernel() == GEMM_KERNELS[0]
+    # Where the CPU runs oneDNN's brgemm (AMX-INT8), "auto" takes it for convolutions larger than
+    # 1 x 1 with a depth of 256 or more, where it was measured faster (int8_kernels.h).
+    deep = int8.pack_conv2d(torch.ones(8, 32, 3, 3, dtype=torch.int8), torch.ones(8))
+    assert deep.kernel() == ("brgemm" if "brgemm" in GEMM_KERNELS else GEMM_KERNELS[0])
+    for shallow in (torch.ones(8, 28, 3, 3, dtype=torch.int8),     # K = 252
+                    torch.ones(8, 512, 1, 1, dtype=torch.int8),    # 1 x 1
+                    torch.ones(8, 3, 7, 7, dtype=torch.int8)):     # K = 147
+        assert int8.pack_conv2d(shallow, torch.ones(8)).kernel() == GEMM_KERNELS[0]
+    assert int8.pack_linear(torch.ones(4, 4096, dtype=torch.int8),
+                            torch.ones(4)).kernel() == GEMM_KERNELS[0]
     monkeypatch.setenv("TORCHQAT_INT8_KERNEL", "reference")
     assert int8.pack_conv2d(w, torch.ones(4)).kernel() == "reference"
     assert int8.pack_conv2d(dw, torch.ones(8), groups=8).kernel() == "depthwise"
@@ -412,7 +417,7 @@ def test_packed_conv2d_reads_back():
     assert packed.stride() == [2, 2] and packed.padding() == [1, 1]
     assert packed.dilation() == [1, 1] and packed.groups() == 2
     assert packed.in_channels() == 6 and packed.out_channels() == 10
-    assert packed.kernel_size() == [3, 3] and packed.kernel() == CONV_AUTO
+    assert packed.kernel_size() == [3, 3] and packed.kernel() == GEMM_KERNELS[0]
     bare = int8.pack_conv2d(q_w, s_w, groups=2)
     assert bare.bias() is None and bare.out_multiplier() is None and bare.out_shift() is None
     q_w2 = q_w.clone()
@@ -443,7 +448,7 @@ def test_packed_conv2d_torchscript_save_load(kernel):
     assert torch.equal(loaded(x), expected)
     # Loading re-packs for this machine ("auto") from the unpacked weights and parameters.
     lp = loaded.packed
-    assert lp.kernel() == ("depthwise" if kernel == "depthwise" else CONV_AUTO)
+    assert lp.kernel() == ("depthwise" if kernel == "depthwise" else GEMM_KERNELS[0])
     assert torch.equal(lp.weight(), q_w) and torch.equal(lp.out_shift(), shift)
     assert (lp.stride(), lp.padding(), lp.dilation(), lp.groups()) == (
         packed.stride(), packed.padding(), packed.dilation(), packed.groups())

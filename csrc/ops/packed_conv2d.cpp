@@ -130,7 +130,8 @@ PackedConv2d::PackedConv2d(const at::Tensor& weight, const at::Tensor& weight_sc
                                 pairs_.mutable_data_ptr<int16_t>());
     return;
   }
-  gemm_ = cpu::find_int8_gemm(kernel, &kernel_, /*for_convolution=*/true);
+  gemm_ = cpu::find_int8_gemm(kernel, &kernel_,
+                              cpu::brgemm_pays_off_for_conv(weight.size(2), weight.size(3), K));
   if (gemm_ != nullptr) {
     packed_group_bytes_ = gemm_->packed_b_bytes(Ng, K);
     packed_ = at::empty({groups * packed_group_bytes_}, at::TensorOptions().dtype(at::kChar));

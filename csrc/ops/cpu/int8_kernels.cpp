@@ -86,7 +86,7 @@ const Int8CpuKernels& int8_cpu_kernels() {
 }
 
 const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name,
-                                     bool for_convolution) {
+                                     bool deep_gemm) {
   std::string wanted = name;
   if (wanted == "auto") {
     const char* env = std::getenv("TORCHQAT_INT8_KERNEL");
@@ -96,7 +96,7 @@ const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resol
                   " without 'auto'), got 'auto'");
     } else {
       const Level level = allowed_level();
-      wanted = level == Level::kAvx512Vnni && for_convolution && brgemm_available() ? "brgemm"
+      wanted = level == Level::kAvx512Vnni && deep_gemm && brgemm_available() ? "brgemm"
                : level == Level::kAvx512Vnni ? "avx512_vnni"
                : level == Level::kAvx2     ? "avx2"
                                            : "reference";

@@ -130,11 +130,20 @@ const Int8CpuKernels& int8_cpu_kernels();
 // A GEMM kernel by name: "auto" is the best one this CPU runs (TORCHQAT_INT8_KERNEL=<name>
 // overrides it; TORCHQAT_CPU_CAPABILITY lowers it); "int_mm" (torch._int_mm) has no kernel
 // here and returns nullptr. Asking for one the CPU cannot run is an error. "auto" takes
-// "brgemm" for convolutions only (`for_convolution`): their GEMMs have a row per output pixel,
-// while a linear layer's rows are its batch, where brgemm's 16-row tiles lost to avx512_vnni
-// (measured at M = 1 and 32; docs/int8_cpu.md).
+// "brgemm", where the CPU runs it, only for the GEMMs a caller marks `deep_gemm`
+// (brgemm_pays_off_for_conv); else, and for every linear layer (one row per batch row, where
+// brgemm's 16-row tiles lost to avx512_vnni), the first of avx512_vnni, avx2, reference.
 const Int8GemmKernel* find_int8_gemm(const std::string& name, std::string* resolved_name,
-                                     bool for_convolution = false);
+                                     bool deep_gemm = false);
+
+// Whether "auto" should pack a convolution for brgemm: a kernel larger than 1 x 1 and a depth
+// K = C / groups * kh * kw of at least 256. Measured on an AMX Xeon (docs/benchmarks.md,
+// session 9): brgemm took 0.54-0.79 x avx512_vnni's time on 3 x 3 layers of K = 576-4608 and
+// 0.94 x at K = 288, but 1.44 x on the 7 x 7 stem (K = 147) and 1.03-1.25 x on 1 x 1 layers
+// (K = 64-256), where the per-call cost of a short GEMM dominates.
+inline bool brgemm_pays_off_for_conv(int64_t kh, int64_t kw, int64_t depth) {
+  return kh * kw > 1 && depth >= 256;
+}
 
 // Names of the GEMM kernels this CPU runs, best first, "int_mm" last.
 std::vector<std::string> int8_cpu_gemm_kernels();

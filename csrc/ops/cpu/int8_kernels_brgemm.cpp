@@ -8,7 +8,7 @@
 // quantize_a / convert_a this kernel uses); B is packed in panels of 64 output columns, each the
 // panel's [K padded to 4, 64] block in oneDNN's VNNI layout (cpublas::pack). Offered where this
 // torch has the u8s8s32 brgemm and can pack int8 for it, i.e. on CPUs with AMX-INT8; "auto" takes
-// it for convolutions (find_int8_gemm says why not for linear layers; docs/int8_cpu.md).
+// it for deep convolutions only (brgemm_pays_off_for_conv in int8_kernels.h; docs/int8_cpu.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
