@@ -12,8 +12,9 @@ adds ~20 us of binding overhead; see docs/benchmarks.md).
 Candidates:
   fp32             F.linear(x, W, b)
   int8[<kernel>]   torchqat.int8_linear with PackedLinear packed for <kernel>
-                   (avx512_vnni, avx2, reference, int_mm = torch._int_mm inside our op,
-                   vnni_emulated = the VNNI kernel's logic with vpdpbusd emulated in AVX2)
+                   (avx512_vnni, brgemm = oneDNN's micro-kernel on AMX tiles, avx2,
+                   reference, int_mm = torch._int_mm inside our op, vnni_emulated = the VNNI
+                   kernel's logic with vpdpbusd emulated in AVX2)
   int8[avx2_u7]    on AVX2 CPUs: the kernel for 7-bit activations (x quantized to [0, 127]),
                    vpmaddubsw, which cannot saturate there
   _int_mm only     torch._int_mm(A int8 [M, K], W int8 [K, N]) -> int32, nothing else; the
