@@ -29,18 +29,18 @@ inline std::optional<at::Tensor> optional_clone(const std::optional<at::Tensor>&
   return t.has_value() ? std::optional<at::Tensor>(t->clone()) : std::nullopt;
 }
 
-// `self == other` (and `!=`) for the packed classes: true only for the same object. Python hashes a
-// ScriptObject by its address, and torch.export's lift_constants_pass (torch 2.13 / 2.14) keeps
-// real packed objects by that hash in the dict where it then looks up the FakeScriptObjects it
-// traced with; where a fake's real copy lands at the address of a freed object whose hash is a
-// key, the lookup compares the fake with an int and, with no __eq__, raised NotImplementedError
-// (seen in a strict export of a convolution model; docs/convert.md, "Export").
+// `self == other` (and `!=`) for the packed classes: true only for the same object. Python
+// hashes a ScriptObject by its address, and torch.export's lift_constants_pass (torch 2.13 /
+// 2.14) keeps real packed objects by that hash in the dict where it then looks up the
+// FakeScriptObjects it traced with; where a fake's real copy lands at the address of a freed
+// object whose hash is a key, the lookup compares the fake with an int and, with no __eq__,
+// raised NotImplementedError (seen in a strict export of a convolution model; docs/convert.md,
+// "Export").
 template <class Packed>
 bool same_object(const c10::intrusive_ptr<Packed>& self, const c10::IValue& other) {
-  if (!other.isObject() || other.type() != c10::getCustomClassType<c10::intrusive_ptr<Packed>>()) {
-    return false;
-  }
-  return other.toCustomClass<Packed>().get() == self.get();
+  return other.isObject() &&
+         other.type() == c10::getCustomClassType<c10::intrusive_ptr<Packed>>() &&
+         other.toCustomClass<Packed>().get() == self.get();
 }
 
 template <class Packed>

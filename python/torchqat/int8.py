@@ -247,7 +247,8 @@ def int8_conv2d_acc(input: torch.Tensor, input_zero_point: int,
 def available_kernels() -> List[str]:
     """Names of the CPU GEMM kernels :func:`pack_linear` can use on this machine, best first:
     ``"avx512_vnni"`` (where the CPU has AVX-512 VNNI), ``"brgemm"`` (oneDNN's micro-kernel
-    through ATen, AMX tiles, on CPUs with AMX-INT8; "auto" for convolutions), ``"avx2"``,
-    ``"reference"`` (plain loops), ``"int_mm"`` (``torch._int_mm``) and, on AVX2 CPUs, ``"vnni_emulated"`` (the VNNI
-    kernel's packing and blocking with vpdpbusd emulated exactly in AVX2; for tests)."""
+    through ATen, AMX tiles, on CPUs with AMX-INT8; "auto" for deep convolutions), ``"avx2"``,
+    ``"reference"`` (plain loops), ``"int_mm"`` (``torch._int_mm``) and, on AVX2 CPUs,
+    ``"vnni_emulated"`` (the VNNI kernel's packing and blocking with vpdpbusd emulated exactly in
+    AVX2; for tests)."""
     return list(torch.ops.torchqat.int8_linear_kernels())

@@ -143,8 +143,8 @@ inline void lsq_vec(const Vectorized<T>& dy, const Vectorized<T>& x, const VecPa
 // float32 on AVX-512: the functions above, the same operations in the same order (so the same
 // bits), on mask registers. at::vec builds every comparison and every NaN-propagating minimum /
 // maximum as an all-ones vector (a compare, a masked set and an OR); with those, the element-wise
-// passes issued about twice the vector instructions these need and ran at 1.5 x the time of an
-// ATen pass that moves the same bytes (measured: benchmarks/bench_fake_quant.py, docs/kernels.md).
+// passes issued about twice the vector instructions these need (benchmarks/bench_fake_quant_dram.py
+// times both builds against ATen passes that move the same bytes; docs/benchmarks.md).
 // Overloads, not specialisations: a non-template function wins over the templates above.
 inline __m512 all_ones_ps() { return _mm512_castsi512_ps(_mm512_set1_epi32(-1)); }
 
@@ -223,8 +223,7 @@ inline Vectorized<T> silu_grad_vec(const Vectorized<T>& g, const Vectorized<T>& 
     sigmoid = _mm512_mask_mov_ps(
         _mm512_div_ps(x, pre), _mm512_cmp_ps_mask(pre, _mm512_setzero_ps(), _CMP_EQ_OQ),
         _mm512_set1_ps(0.5f));
-    return g * sigmoid * (one + pre * (one - sigmoid));
-  }
+  } else
 #endif
   if constexpr (kFromOutput) {
     sigmoid = Vectorized<T>::blendv(x / pre, Vectorized<T>(T(0.5)), pre == Vectorized<T>(T(0)));

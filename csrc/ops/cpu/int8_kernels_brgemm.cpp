@@ -10,11 +10,9 @@
 // torch has the u8s8s32 brgemm and can pack int8 for it, i.e. on CPUs with AMX-INT8; "auto" takes
 // it for deep convolutions only (brgemm_pays_off_for_conv in int8_kernels.h; docs/int8_cpu.md).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "ops/cpu/int8_kernels.h"
@@ -31,11 +29,6 @@ constexpr int64_t kKAlign = 4;   // VNNI groups of 4 bytes along K
 constexpr int64_t kCallRows = 32;  // rows per brgemm call (two AMX tiles of 16 rows)
 
 int64_t padded_k(int64_t K) { return (K + kKAlign - 1) / kKAlign * kKAlign; }
-
-const Int8GemmKernel& vnni() {
-  static const Int8GemmKernel* k = find_int8_gemm("avx512_vnni", nullptr);
-  return *k;
-}
 
 int64_t packed_b_bytes(int64_t N, int64_t K) {
   return (N + kPanel - 1) / kPanel * kPanel * padded_k(K);
@@ -54,16 +47,6 @@ void pack_b(const int8_t* w, int64_t N, int64_t K, int8_t* packed) {
     at::native::cpublas::pack(kp, kPanel, kPanel, kPanel, at::kChar, at::kChar, block.data(),
                               packed + n0 * kp);
   }
-}
-
-void quantize_a(const float* x, int64_t ldx, int64_t rows, int64_t K, float inv_s, float z,
-                float qmin, float qmax, int32_t a_shift, void* a, int64_t lda) {
-  vnni().quantize_a(x, ldx, rows, K, inv_s, z, qmin, qmax, a_shift, a, lda);
-}
-
-void convert_a(const void* src, bool is_signed, int64_t ldx, int64_t rows, int64_t K, void* a,
-               int64_t lda) {
-  vnni().convert_a(src, is_signed, ldx, rows, K, a, lda);
 }
 
 void gemm(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
@@ -87,17 +70,20 @@ void gemm(const Int8GemmProblem& g, int64_t m0, int64_t m1, int64_t p0, int64_t 
   at::native::cpublas::brgemm_release(/*is_vnni=*/true);
 }
 
-const Int8GemmKernel kBrgemmKernel = {"brgemm", kPanel,      kKAlign,    1,        kCallRows,
-                                      255,      &packed_b_bytes, &pack_b, &quantize_a,
-                                      &convert_a, &gemm};
-
 }  // namespace
 
 const Int8GemmKernel* int8_brgemm_kernel() {
-  // could_pack: ATen packs int8 B (and brgemm takes the packed layout) only where the CPU has
-  // AMX-INT8.
-  static const bool usable = at::native::cpublas::could_pack(at::kChar);
-  return usable ? &kBrgemmKernel : nullptr;
+  static const Int8GemmKernel* const kernel = []() -> const Int8GemmKernel* {
+    // could_pack: ATen packs int8 B (and brgemm takes the packed layout) only where the CPU has
+    // AMX-INT8; such CPUs have AVX-512 VNNI, whose kernel quantizes A in the layout used here.
+    if (!at::native::cpublas::could_pack(at::kChar)) return nullptr;
+    const Int8GemmKernel* vnni = find_int8_gemm("avx512_vnni", nullptr);
+    static const Int8GemmKernel k = {"brgemm",        kPanel,  kKAlign,          1,
+                                     kCallRows,       255,     &packed_b_bytes,  &pack_b,
+                                     vnni->quantize_a, vnni->convert_a, &gemm};
+    return &k;
+  }();
+  return kernel;
 }
 
 #else  // no u8s8s32 brgemm in this torch, or not x86-64
