@@ -51,8 +51,15 @@ step() {  # step NAME MAX_SECONDS COMMAND...: runs one step under a timeout, log
 # that links libstdc++ statically into the extension, whose operators then crashed on their first
 # error message; setup.py now refuses such a build (python/torchqat/_linkcheck.py).
 # GPU_CHECK_KEEP_CC=1 keeps the environment's compiler.
+# nvcc's host compiler follows (CUDAHOSTCXX, for the CMake build of the C++ example): CMake links
+# the CUDA host compiler's default libraries into libtorchqat, so the image's wrapper as nvcc's
+# host compiler brought its static libstdc++ back in.
+echo "environment: CC=${CC:-} CXX=${CXX:-} CUDAHOSTCXX=${CUDAHOSTCXX:-} NVCC_CCBIN=${NVCC_CCBIN:-}" \
+  "NVCC_PREPEND_FLAGS=${NVCC_PREPEND_FLAGS:-} LDFLAGS=${LDFLAGS:-} g++ on PATH: $(command -v g++)" \
+  | tee -a "$out/summary.txt"
 if [ -z "${GPU_CHECK_KEEP_CC:-}" ] && [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then
-  export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared"
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -shared" CUDAHOSTCXX=/usr/bin/g++
+  unset NVCC_CCBIN
 fi
 echo "compiler: ${CXX:-default} ($(${CXX:-g++} --version 2>/dev/null | head -n 1))" | tee -a "$out/summary.txt"
 

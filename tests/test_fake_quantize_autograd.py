@@ -8,6 +8,7 @@ from torch.library import opcheck
 
 import torchqat
 from fake_quantize_reference import make_input, make_scales, make_zero_points, with_layout
+from isolated import run_isolated
 
 ops = torch.ops.torchqat
 
@@ -424,5 +425,20 @@ def test_lsq_min_scale_errors(device, generator):
                                                "and >= 0"):
             ops.fake_quantize_lsq(x, s, z, qmin, qmax, None, 1.0, bad)
     # min_scale = 0 applies no floor: a non-positive scale is still refused.
-    with pytest.raises(RuntimeError, match="scale"):
-        ops.fake_quantize_lsq(x, torch.zeros_like(s), z, qmin, qmax, None, 1.0, 0.0)
+    if device == "cpu":
+        with pytest.raises(RuntimeError, match="fake_quantize_lsq: scale must be positive"):
+            ops.fake_quantize_lsq(x, torch.zeros_like(s), z, qmin, qmax, None, 1.0, 0.0)
+        return
+    # On CUDA the scale is checked on the device (no host synchronisation): the kernel prints
+    # the message and a device assertion ends the process, so the call runs in a child.
+    r = run_isolated("""
+        import torch, torchqat
+        x = torch.randn(4, 5, device="cuda")
+        s = torch.zeros(1, device="cuda")
+        z = torch.zeros(1, device="cuda")
+        torch.ops.torchqat.fake_quantize_lsq(x, s, z, -128, 127, None, 1.0, 0.0)
+        torch.cuda.synchronize()
+    """)
+    assert r.returncode != 0
+    assert "fake_quantize_lsq: scale must be positive and finite, got 0" in r.stdout + r.stderr, \
+        r.stdout + r.stderr

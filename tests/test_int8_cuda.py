@@ -15,15 +15,13 @@ is skipped.
 
 import io
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import torchqat  # noqa: F401
+from isolated import run_isolated
 from torchqat import int8
 
 pytestmark = [
@@ -134,14 +132,6 @@ def test_quantize_cuda_empty():
     s, z = torch.tensor([1.0], device=CUDA), torch.tensor([0], device=CUDA)
     assert int8.quantize(x, s, z, 0, 255).shape == (0, 5)
     assert int8.dequantize(torch.empty(0, 5, dtype=torch.uint8, device=CUDA), s, z).shape == (0, 5)
-
-
-def run_isolated(code: str) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh interpreter: a device-side assertion ruins its CUDA context."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, timeout=300)
 
 
 @pytest.mark.parametrize("call,message", [
