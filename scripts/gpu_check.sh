@@ -35,6 +35,9 @@ step() {  # step NAME MAX_SECONDS COMMAND...: runs one step under a timeout, log
     echo "=== $name: ok in $(( $(date +%s) - t0 ))s" | tee -a "$out/summary.txt"
   else
     echo "=== $name: FAILED (exit $rc$( (( rc == 124 || rc == 137 )) && echo ', timed out')) in $(( $(date +%s) - t0 ))s, last lines:" | tee -a "$out/summary.txt"
+    # The tests that failed by name (pytest runs with -v, so a step cut off by its time limit
+    # still names them), then the log's end.
+    grep -E "(^| )(FAILED|ERROR)( |$)" "$out/$name.log" | head -n 30 | tee -a "$out/summary.txt"
     tail -n 40 "$out/$name.log" | tee -a "$out/summary.txt"
     status=1
   fi
@@ -75,7 +78,7 @@ if "$py" -c 'import xdist' 2>/dev/null; then
   xdist=(-n "$(( jobs < 8 ? jobs : 8 ))")
 fi
 # Not -x: one GPU run should report every failure it can (the device time is scarce).
-step pytest_cuda 900 "$py" -m pytest -q -m cuda -rs --maxfail=60 --durations=10 "${xdist[@]}"
+step pytest_cuda 900 "$py" -m pytest -v -m cuda -rs --maxfail=60 --durations=10 "${xdist[@]}"
 step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}" --profile
 # The C++ deployment path on the GPU: libtorchqat built by CMake with the CUDA kernels, the
 # example program runs the INT8 TorchScript model on the GPU, output equal to Python's there.
@@ -84,7 +87,7 @@ export CUDAHOSTCXX="${CUDAHOSTCXX:-${CXX:-}}"
 step cpp_example_cuda 600 "$py" examples/cpp/check.py --device cuda --cmake-build build/gpu-cmake \
   --work build/gpu-cpp-example --jobs "$jobs" --threads 4 \
   --cmake-arg="-DCMAKE_CUDA_ARCHITECTURES=${arch//./}"
-step pytest_rest 1800 "$py" -m pytest -q -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
+step pytest_rest 1800 "$py" -m pytest -v -m "not cuda" --maxfail=60 --durations=10 "${xdist[@]}"
 # The host CPU's INT8 GEMM kernels: where it has AVX-512 VNNI (the build machine has AVX2 only),
 # pytest_rest ran the avx512_vnni kernel's tests, and its speed is measured here.
 cpu_kernels=$("$py" -c 'import torch, torchqat; print(" ".join(torch.ops.torchqat.int8_linear_kernels()))' 2>&1)
