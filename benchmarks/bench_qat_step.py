@@ -12,7 +12,10 @@ Targets (issue 3): torchqat step <= 1.15 x float; faster than PyTorch's eager QA
 
 --breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
 groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),
-timed interleaved with float and the full QAT step.
+timed interleaved with float and the full QAT step; and the full step with the model input's
+scale gradient taken by the forward convolution of LSQ's map and a dot with the output gradient
+(`<dout, conv(m)>`, the form before session 10) instead of the weight-gradient convolution
+(`<conv_weight_grad(m, dout), W>`, torchqat/nn/input_scale_grad.py's `_adjoint_sum`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,25 @@ def run_case(name, model, batch, loss_fn, reps, ao_model=None):
     return times
 
 
+def _with_forward_conv_adjoint(step):
+    """`step` with the input-scale adjoint summed as <dout, conv2d(m, W)> while it runs."""
+    import torchqat.nn.input_scale_grad as isg
+
+    weight_grad_form = isg._adjoint_sum
+
+    def forward_conv_form(grad_out, m, weight, stride, padding, dilation, groups):
+        return isg._dot(grad_out, F.conv2d(m, weight, None, stride, padding, dilation, groups))
+
+    def run():
+        isg._adjoint_sum = forward_conv_form
+        try:
+            step()
+        finally:
+            isg._adjoint_sum = weight_grad_form
+
+    return run
+
+
 def breakdown_case(name, model, batch, loss_fn, reps):
     """The QAT step with groups of quantizers in pass_through, against float and full QAT."""
     from torchqat.quantizers import FakeQuantizer
@@ -105,6 +127,8 @@ def breakdown_case(name, model, batch, loss_fn, reps):
     }
     candidates = {"float": make_step(copy.deepcopy(model), batch, loss_fn),
                   "torchqat": make_step(qmodel, batch, loss_fn)}
+    candidates["stem scale by forward conv"] = _with_forward_conv_adjoint(
+        make_step(copy.deepcopy(qmodel), batch, loss_fn))
     counts = {}
     for label, switched_off in groups.items():
         variant = copy.deepcopy(qmodel)

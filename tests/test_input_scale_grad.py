@@ -61,7 +61,8 @@ SYMMETRIC = tq.QuantSpec(bits=8, symmetric=True, learnable=True)
     dict(stride=2, padding=1),
     dict(stride=1, padding=2, dilation=2, bias=False),
     dict(stride=(2, 1), padding=(0, 1)),
-], ids=["s2p1", "dilated-nobias", "asym"])
+    dict(stride=1, padding=1, groups=3),
+], ids=["s2p1", "dilated-nobias", "asym", "grouped"])
 @pytest.mark.parametrize("clipped", ["none", "few", "many"])
 def test_gradients_match_reference_and_plain_path(dtype, spec, conv_kwargs, clipped,
                                                   monkeypatch):

@@ -10,12 +10,14 @@ gradient is a sum over the quantizer's output gradient ``dL/dy = conv_input_grad
 with LSQ's per-element derivatives ``m_s = round(x/s) - x/s`` inside the range and
 ``quant_min - z`` / ``quant_max - z`` below / above it, ``m_z = 0`` inside and ``-s`` outside
 (``csrc/core/fake_quant.h``), and ``g`` the gradient factor. The input gradient of a convolution
-is the adjoint of its forward, ``<conv_input_grad(dout), m> = <dout, conv(m)>``, so both sums are
-one forward convolution of the map each (no bias) and a dot product with ``dout``. For an input
-of few channels (3) that forward convolution is far cheaper than the input gradient: measured on
-TinyDetector's stem (3 -> 16 channels, 3x3 stride 2, 8 x 128 x 128, 1 thread), 0.6 ms against
-3.2 ms. ``m_z`` is zero unless some element was clipped: its convolution is skipped then, and
-while few elements are clipped the input gradient is computed at just those positions instead.
+is the adjoint of its forward, ``<conv_input_grad(dout), m> = <dout, conv(m)>``, and that sum is
+also ``<conv_weight_grad(m, dout), weight>``: so each of the two sums is one weight-gradient
+convolution of its map (``_adjoint_sum``) and a dot product with the weight. For an input of few
+channels (3) a convolution of the map is far cheaper than the input gradient: measured on
+TinyDetector's stem (3 -> 16 channels, 3x3 stride 2, 8 x 128 x 128, 1 thread), the map's forward
+convolution took 0.6 ms against the input gradient's 3.2 ms. ``m_z`` is zero unless some element
+was clipped: its convolution is skipped then, and while few elements are clipped the input
+gradient is computed at just those positions instead.
 
 The maps come from one pass over ``x`` (``torch.ops.torchqat.fake_quantize_lsq_input_maps``): ``m_s``
 (the scale term of LSQ's backward with a gradient of ones) and the flat indices of the clipped
@@ -44,6 +46,19 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.is_contiguous() and b.is_contiguous():
         return torch.dot(a.reshape(-1), b.reshape(-1))
     return (a * b).sum()
+
+
+def _adjoint_sum(grad_out: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, stride, padding,
+                 dilation, groups: int) -> torch.Tensor:
+    """``<grad_out, conv2d(m, weight)>`` (no bias) as ``<dW, weight>``, where ``dW`` is the
+    convolution's weight gradient for input ``m`` and output gradient ``grad_out``: both are
+    ``sum weight[o, c, k] * grad_out[n, o, p] * m[n, c, p * stride + k - padding]``. The dot
+    product then runs over the weights instead of the outputs. ``bench_qat_step.py --breakdown``
+    times this form against ``<grad_out, conv2d(m, weight)>`` in the whole training step."""
+    grad_w = torch.ops.aten.convolution_backward(
+        grad_out, m, weight, None, stride, padding, dilation, False, [0, 0], groups,
+        [False, True, False])[1]
+    return _dot(grad_w, weight)
 
 
 # The zero point's term takes the sparse path while at most 1 element in _SPARSE_FRACTION was
@@ -115,9 +130,8 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                 x, scale, zero_point, quant_min, quant_max)
             s = scale.reshape(())
             if need_s:
-                conv_m = F.conv2d(m_s, weight, None, stride, padding, dilation, groups)
-                grad_s = (_dot(grad_out, conv_m) * grad_factor).reshape(scale.shape) \
-                    .to(scale.dtype)
+                total = _adjoint_sum(grad_out, m_s, weight, stride, padding, dilation, groups)
+                grad_s = (total * grad_factor).reshape(scale.shape).to(scale.dtype)
             if need_z:
                 grad_z = torch.zeros(zero_point.shape, dtype=torch.float32,
                                      device=zero_point.device)
@@ -131,8 +145,8 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                     else:
                         m_z = torch.zeros(x.numel(), dtype=x.dtype, device=x.device) \
                             .index_fill_(0, clipped, 1.0).mul_(-s).view(x.shape)
-                        conv_m = F.conv2d(m_z, weight, None, stride, padding, dilation, groups)
-                        total = _dot(grad_out, conv_m)
+                        total = _adjoint_sum(grad_out, m_z, weight, stride, padding, dilation,
+                                             groups)
                     grad_z = (total * grad_factor).reshape(zero_point.shape)
                 grad_z = grad_z.to(zero_point.dtype)
         return (None, grad_w, grad_b, grad_s, grad_z) + (None,) * 8
