@@ -8,7 +8,11 @@ from code (tests/qat_models.py's TinyDetector) at 128x128, batch 8.
 
 Targets (issue 3): torchqat step <= 1.15 x float; faster than PyTorch's eager QAT.
 
-    python benchmarks/bench_qat_step.py [--threads N] [--reps R] [--breakdown]
+    python benchmarks/bench_qat_step.py [--threads N[,N...]] [--reps R] [--breakdown]
+
+--threads: the thread counts to run, one after the other (default: 1 and, where torch uses
+more, torch's default). The ratio to float depends on it: float's convolutions gain more from a
+second thread than the memory-bound fake-quant passes do, so the summary prints each.
 
 --breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
 groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),
@@ -149,16 +153,26 @@ def breakdown_case(name, model, batch, loss_fn, reps):
     return times
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also split the detector's QAT overhead by quantizer group")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(header(args.threads))
+def thread_counts(arg: str | None):
+    """``--threads``: "2" or "1,2"; by default 1 and torch's default where that is more."""
+    if arg is None:
+        default = torch.get_num_threads()
+        return [1] if default == 1 else [1, default]
+    try:
+        counts = [int(t) for t in arg.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"bench_qat_step.py: --threads must be positive integers separated by "
+                         f"commas, got {arg!r}")
+    return counts
+
+
+def run_all(threads, reps, breakdown):
+    torch.set_num_threads(threads)
+    print(header(threads))
     torch.manual_seed(0)
+    results = {}
 
     try:
         import torchvision
@@ -178,16 +192,40 @@ def main():
             q.load_state_dict(model.state_dict())
             return torch_ao_model(q, fuse=lambda m: m.fuse_model(is_qat=True))
 
-        run_case("resnet18 112x112 batch 8", model, batch,
-                 lambda out: F.cross_entropy(out, target), args.reps, ao_model=ao_resnet)
+        results["resnet18"] = run_case("resnet18 112x112 batch 8", model, batch,
+                                       lambda out: F.cross_entropy(out, target), reps,
+                                       ao_model=ao_resnet)
 
     detector = TinyDetector(num_classes=3)
     det_batch = torch.randn(8, 3, 128, 128)
-    run_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
-             detector_loss, args.reps)
-    if args.breakdown:
+    results["TinyDetector"] = run_case("YOLO-style detector (TinyDetector) 128x128 batch 8",
+                                       detector, det_batch, detector_loss, reps)
+    if breakdown:
         breakdown_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
-                       detector_loss, args.reps)
+                       detector_loss, reps)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", default=None,
+                        help="thread counts, e.g. 1 or 1,2 (default: 1 and torch's default)")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also split the detector's QAT overhead by quantizer group")
+    args = parser.parse_args()
+    counts = thread_counts(args.threads)
+    summary = {}
+    for i, threads in enumerate(counts):
+        if i:
+            print()
+        summary[threads] = run_all(threads, args.reps, args.breakdown)
+
+    print("\nsummary: torchqat step / float step (target <= 1.15)")
+    for threads, results in summary.items():
+        ratios = ", ".join(f"{name} {t['torchqat'] / t['float']:.2f}"
+                           for name, t in results.items())
+        print(f"  {threads} thread{'s' if threads > 1 else ''}: {ratios}")
 
 
 if __name__ == "__main__":
