@@ -996,7 +996,18 @@ def export_round_trip(model, x, strict=False):
 
 # strict=False traces with Python's own interpreter; strict=True with TorchDynamo, which calls
 # the packed objects' __obj_flatten__ more than once and needs fresh tensors from each call.
-@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+# torch 2.11's Dynamo export asserts on a packed object held as a module attribute (in
+# torch/_dynamo/functional_export.py, found on a GPU machine's torch 2.11.0); 2.13 and 2.14 trace
+# it (docs/convert.md).
+STRICT_EXPORT_PARAMS = [
+    pytest.param(False, id="non_strict"),
+    pytest.param(True, id="strict", marks=pytest.mark.xfail(
+        torch.__version__ < "2.13", raises=AssertionError, strict=True,
+        reason="torch < 2.13: Dynamo's strict export asserts on the packed object's source")),
+]
+
+
+@pytest.mark.parametrize("strict", STRICT_EXPORT_PARAMS)
 def test_torch_export_linear_model(strict):
     torch.manual_seed(11)
     qat = qat_model(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)),
@@ -1006,7 +1017,7 @@ def test_torch_export_linear_model(strict):
 
 
 @needs_conv
-@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+@pytest.mark.parametrize("strict", STRICT_EXPORT_PARAMS)
 def test_torch_export_conv_model(strict):
     torch.manual_seed(12)
     qat = qat_model(YoloNet(), [torch.randn(2, 3, 32, 32)])
