@@ -16,10 +16,12 @@ second thread than the memory-bound fake-quant passes do, so the summary prints 
 
 --breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
 groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),
-timed interleaved with float and the full QAT step; and the full step with the model input's
-scale gradient taken by the forward convolution of LSQ's map and a dot with the output gradient
-(`<dout, conv(m)>`, the form before session 10) instead of the weight-gradient convolution
-(`<conv_weight_grad(m, dout), W>`, torchqat/nn/input_scale_grad.py's `_adjoint_sum`).
+timed interleaved with float and the full QAT step; the model input's quantizer with a fixed
+(calibrated, not learnable) scale, set by a QATConfig override; and the full step with the model
+input's scale gradient taken by the forward convolution of LSQ's map and a dot with the output
+gradient (`<dout, conv(m)>`, the form before session 10) instead of the weight-gradient
+convolution (`<conv_weight_grad(m, dout), W>`, torchqat/nn/input_scale_grad.py's
+`_adjoint_sum`).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def make_step(model, batch, loss_fn):
     return step
 
 
-def torchqat_model(model, batch):
-    qmodel = tq.prepare_qat(model)
+def torchqat_model(model, batch, config=None):
+    qmodel = tq.prepare_qat(model, config)
     tq.calibrate(qmodel, [batch], progress=False)
     return qmodel
 
@@ -133,6 +135,12 @@ def breakdown_case(name, model, batch, loss_fn, reps):
                   "torchqat": make_step(qmodel, batch, loss_fn)}
     candidates["stem scale by forward conv"] = _with_forward_conv_adjoint(
         make_step(copy.deepcopy(qmodel), batch, loss_fn))
+    # The model input's quantizer with a calibrated, fixed scale (docs/qat_workflow.md): no
+    # scale gradient, so no adjoint convolution.
+    first_layer = first_input.rsplit(".input_quantizer", 1)[0]
+    fixed = tq.QATConfig(overrides={first_layer: {"activation": {"learnable": False}}})
+    candidates[f"{first_layer} input scale fixed"] = make_step(
+        torchqat_model(model, batch, fixed), batch, loss_fn)
     counts = {}
     for label, switched_off in groups.items():
         variant = copy.deepcopy(qmodel)
