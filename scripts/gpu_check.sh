@@ -85,8 +85,8 @@ step pytest_cuda 900 "$py" -m pytest -v -m cuda -rs --maxfail=60 --durations=10 
 step bench_gpu 600 "$py" benchmarks/bench_gpu.py --min-time "${GPU_BENCH_MIN_TIME:-1.0}" --profile
 # The C++ deployment path on the GPU: libtorchqat built by CMake with the CUDA kernels, the
 # example program runs the INT8 TorchScript model on the GPU, output equal to Python's there.
-export CUDAHOSTCXX="${CUDAHOSTCXX:-${CXX:-}}"
-[ -n "$CUDAHOSTCXX" ] || unset CUDAHOSTCXX
+# (nvcc's host compiler: CUDAHOSTCXX where set above or by the environment, else CMakeLists.txt
+# makes it the C++ compiler.)
 step cpp_example_cuda 600 "$py" examples/cpp/check.py --device cuda --cmake-build build/gpu-cmake \
   --work build/gpu-cpp-example --jobs "$jobs" --threads 4 \
   --cmake-arg="-DCMAKE_CUDA_ARCHITECTURES=${arch//./}"
