@@ -40,31 +40,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torchqat as tq  # noqa: E402
 from _common import header, time_interleaved  # noqa: E402
-from qat_models import TinyDetector, detector_loss  # noqa: E402
+from qat_models import TinyDetector, detector_loss, estimate_bn_statistics  # noqa: E402
 
 
 def with_trained_bn(model, batch, passes=4):
-    """``model`` with BatchNorm running statistics as a trained model has them: the cumulative
-    average over a few training-mode forward passes of random batches shaped like ``batch``.
-
-    A model built from code starts with running statistics (0, 1). Calibration runs in eval mode,
-    where those make the activations shrink ~3x per layer, so the calibrated scales would clip
-    almost every activation once training (batch statistics) starts: the QAT step would then run
-    on near-constant data, which makes data-dependent operators (max-pooling) faster than on the
+    """``model`` with BatchNorm running statistics as a trained model has them
+    (``estimate_bn_statistics``: the cumulative average over a few train-mode passes of random
+    batches shaped like ``batch``). With the initial (0, 1), calibration (eval mode) would set
+    scales that clip almost every activation once training starts: the QAT step would then run on
+    near-constant data, which makes data-dependent operators (max-pooling) faster than on the
     float model's data and flatters the ratio."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    model.train()
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _ in range(passes):
-            model(torch.randn(batch.shape, generator=generator))
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    return model
+    return estimate_bn_statistics(
+        model, lambda: model(torch.randn(batch.shape, generator=generator)), passes)
 
 
 def make_step(model, batch, loss_fn):

@@ -1,13 +1,39 @@
 """Small models built from code for the QAT tests (torchvision is not usable in the CPU venv),
 and measuring helpers. Not a test module: imported by test_prepare.py and test_ddp.py."""
 
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torchqat.nn import QuantModuleMixin
+
+
+def estimate_bn_statistics(model: nn.Module, forward: Callable[[], object], steps: int = 4):
+    """Gives ``model``'s BatchNorm layers the running statistics a trained model has: the
+    cumulative average (``momentum=None``) of the batch statistics over ``steps`` calls of
+    ``forward()`` in train mode under ``torch.no_grad()``; restores the momenta and returns the
+    model in eval mode.
+
+    A model built from code starts at (0, 1). Calibration runs in eval mode, where those make a
+    random network's activations shrink layer after layer, so its input scales come out far too
+    small and training then clips most activations (``calibrate`` warns). With the default
+    momentum of 0.1, a few batches leave the statistics mostly at (0, 1) still."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        with torch.no_grad():
+            for _ in range(steps):
+                forward()
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+    return model.eval()
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:

@@ -18,29 +18,15 @@ import torch
 import torch.nn.functional as F
 
 import torchqat as tq
-from qat_models import SmallCNN, TinyDetector, detector_loss, layer_sqnr, sqnr_db
+from qat_models import (SmallCNN, TinyDetector, detector_loss, estimate_bn_statistics,
+                        layer_sqnr, sqnr_db)
 
 MIN_LAYER_SQNR_DB_8BIT = 28.0
 
 
 def trained_bn(model, shape, steps=4):
-    """Gives BatchNorm realistic running statistics (the cumulative average over ``steps``
-    training-mode batches, as a trained model has), then switches to eval. With the default
-    momentum of 0.1, four batches would leave them ~2/3 of the way at their initial (0, 1), and
-    the detector's deeper inputs would be calibrated to ranges that clip most of their
-    training-mode values."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            model(torch.randn(shape))
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    return model.eval()
+    """Realistic BatchNorm running statistics (``estimate_bn_statistics``), then eval mode."""
+    return estimate_bn_statistics(model, lambda: model(torch.randn(shape)), steps)
 
 
 def make(name):
