@@ -8,11 +8,14 @@ from code (tests/qat_models.py's TinyDetector) at 128x128, batch 8.
 
 Targets (issue 3): torchqat step <= 1.15 x float; faster than PyTorch's eager QAT.
 
-    python benchmarks/bench_qat_step.py [--threads N[,N...]] [--reps R] [--breakdown]
+    python benchmarks/bench_qat_step.py [--threads N[,N...]] [--reps R] [--breakdown] [--compile]
 
 --threads: the thread counts to run, one after the other (default: 1 and, where torch uses
 more, torch's default). The ratio to float depends on it: float's convolutions gain more from a
 second thread than the memory-bound fake-quant passes do, so the summary prints each.
+
+--compile: for the detector, also float and torchqat under torch.compile (the whole module
+compiled; Inductor fuses float's element-wise passes, torchqat's operators stay opaque calls).
 
 --breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
 groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),
@@ -173,6 +176,24 @@ def breakdown_case(name, model, batch, loss_fn, reps):
     return times
 
 
+def compile_case(name, model, batch, loss_fn, reps):
+    """Float and torchqat, eager and under torch.compile (the whole module), interleaved."""
+    qmodel = torchqat_model(model, batch)
+    candidates = {"float": make_step(copy.deepcopy(model), batch, loss_fn),
+                  "torchqat": make_step(copy.deepcopy(qmodel), batch, loss_fn),
+                  "float compiled": make_step(torch.compile(copy.deepcopy(model)), batch, loss_fn),
+                  "torchqat compiled": make_step(torch.compile(qmodel), batch, loss_fn)}
+    for step in candidates.values():  # compile outside the timing
+        step()
+    times = time_interleaved(candidates, reps=reps, warmup=2)
+    print(f"\n{name}: eager and torch.compile")
+    print(f"  {'':20s} {'ms/step':>9s} {'x float':>8s} {'x its float':>12s}")
+    for k, t in times.items():
+        own = times["float compiled"] if k.endswith("compiled") else times["float"]
+        print(f"  {k:20s} {t * 1e3:9.1f} {t / times['float']:8.2f} {t / own:12.2f}")
+    return times
+
+
 def thread_counts(arg: str | None):
     """``--threads``: "2" or "1,2"; by default 1 and torch's default where that is more."""
     if arg is None:
@@ -188,7 +209,7 @@ def thread_counts(arg: str | None):
     return counts
 
 
-def run_all(threads, reps, breakdown):
+def run_all(threads, reps, breakdown, compiled=False):
     torch.set_num_threads(threads)
     print(header(threads))
     torch.manual_seed(0)
@@ -223,6 +244,9 @@ def run_all(threads, reps, breakdown):
     if breakdown:
         breakdown_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
                        detector_loss, reps)
+    if compiled:
+        compile_case("YOLO-style detector (TinyDetector) 128x128 batch 8", detector, det_batch,
+                     detector_loss, reps)
     return results
 
 
@@ -233,13 +257,16 @@ def main():
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--breakdown", action="store_true",
                         help="also split the detector's QAT overhead by quantizer group")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the detector's float and QAT steps under torch.compile "
+                             "(compiling takes minutes)")
     args = parser.parse_args()
     counts = thread_counts(args.threads)
     summary = {}
     for i, threads in enumerate(counts):
         if i:
             print()
-        summary[threads] = run_all(threads, args.reps, args.breakdown)
+        summary[threads] = run_all(threads, args.reps, args.breakdown, args.compile)
 
     print("\nsummary: torchqat step / float step (target <= 1.15)")
     for threads, results in summary.items():
