@@ -24,7 +24,11 @@ timed interleaved with float and the full QAT step; the model input's quantizer 
 input's scale gradient taken by the forward convolution of LSQ's map and a dot with the output
 gradient (`<dout, conv(m)>`, the form before session 10) instead of the weight-gradient
 convolution (`<conv_weight_grad(m, dout), W>`, torchqat/nn/input_scale_grad.py's
-`_adjoint_sum`).
+`_adjoint_sum`). And the "copy floor": the same model with every quantizer replaced by ATen passes
+that move the bytes torchqat's operators move (`clone` forward, in-place `addcmul_` backward, a
+zero scale gradient; `_CopyFloor`), the model input's scale fixed. It is what separate
+fake-quant passes cost at least in eager mode, whatever their kernels; compare it with the
+fixed-input-scale row.
 """
 
 from __future__ import annotations
@@ -133,6 +137,45 @@ def _with_forward_conv_adjoint(step):
     return run
 
 
+class _CopyFloor(torch.autograd.Function):
+    """What one separate fake-quant pass costs at least in eager mode: the bytes torchqat's
+    operators move, moved by ATen's plainest passes. The forward reads ``x`` and writes a new
+    tensor (``clone``; the fake-quant forward does the same) and saves ``x``; the backward reads
+    the incoming gradient and ``x`` and writes over the gradient (``addcmul_`` with a zero
+    factor, like the in-place LSQ backward), and the scale gets a gradient (zeros), so the
+    optimizer updates as many parameters. The values pass through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero):
+        ctx.save_for_backward(x, zero)
+        ctx.scale_shape = scale.shape
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, zero = ctx.saved_tensors
+        return grad.addcmul_(x, zero), grad.new_zeros(ctx.scale_shape), None
+
+
+def copy_floor_model(qmodel, model_input_quantizer):
+    """A copy of ``qmodel`` whose quantizers are :class:`_CopyFloor` passes. The model input's
+    quantizer becomes a plain ``clone`` without a scale gradient (like the fixed-scale row: its
+    learnable scale's gradient is a convolution of its own, timed by the rows above)."""
+    from torchqat.quantizers import FakeQuantizer
+
+    floor = copy.deepcopy(qmodel)
+    zero = torch.zeros(1)
+    for n, m in floor.named_modules():
+        if not isinstance(m, FakeQuantizer):
+            continue
+        if n == model_input_quantizer:
+            m.learnable = False   # QuantConv2d then takes its plain forward
+            m.forward = lambda x: x.clone()
+        else:
+            m.forward = lambda x, m=m: _CopyFloor.apply(x, m.scale, zero)
+    return floor
+
+
 def breakdown_case(name, model, batch, loss_fn, reps):
     """The QAT step with groups of quantizers in pass_through, against float and full QAT."""
     from torchqat.quantizers import FakeQuantizer
@@ -156,6 +199,8 @@ def breakdown_case(name, model, batch, loss_fn, reps):
     fixed = tq.QATConfig(overrides={first_layer: {"activation": {"learnable": False}}})
     candidates[f"{first_layer} input scale fixed"] = make_step(
         torchqat_model(model, batch, fixed), batch, loss_fn)
+    candidates["copy floor (model input scale fixed)"] = make_step(
+        copy_floor_model(qmodel, first_input), batch, loss_fn)
     counts = {}
     for label, switched_off in groups.items():
         variant = copy.deepcopy(qmodel)
