@@ -204,6 +204,106 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close((xc.grad, q.scale.grad, q.zero_point.grad), grads_e)
 
 
+def _edge_case_inputs(scale: float) -> torch.Tensor:
+    # Random values, exact rounding ties, both zeros, infinities, NaN and far out-of-range values.
+    return torch.cat([torch.randn(3000) * 3, (torch.arange(-300, 300) + 0.5) * scale,
+                      torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e30,
+                                    -1e30, 1.0])]).reshape(1, 2, -1)
+
+
+def _lsq_results(fn, x, scale, zero_point, quant_min, quant_max, min_scale):
+    x = x.clone().requires_grad_()
+    scale = scale.clone().requires_grad_()
+    zero_point = zero_point.clone().requires_grad_(zero_point.is_floating_point())
+    y = fn(x, scale, zero_point, quant_min, quant_max, 0.01, min_scale)
+    y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+    return y.detach(), x.grad, scale.grad, zero_point.grad
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("scale, zero_point, quant_min, quant_max, min_scale", [
+    (0.037, 3.4, 0, 255, MIN_SCALE),       # float (learnable) zero point, rounded
+    (0.037, -2.5, -128, 127, MIN_SCALE),   # a tie in the zero point, signed range
+    (1e-12, 0.0, 0, 15, MIN_SCALE),        # a scale below the floor: the straight-through floor
+    (0.5, 300.0, 0, 255, 0.0),             # a zero point clamped to the range; no floor
+    (0.02, 0, -127, 127, MIN_SCALE),       # an integer zero point (symmetric learnable)
+])
+def test_traceable_lsq_matches_the_operator_bit_for_bit(scale, zero_point, quant_min, quant_max,
+                                                        min_scale):
+    # The torch.compile forward (ATen operators) against torchqat's operator: the same output
+    # bits, and (its backward is the operator's) the same gradients.
+    from torchqat.quantizers import FakeQuantizeLsqTraceable
+
+    x = _edge_case_inputs(max(scale, MIN_SCALE))
+    s = torch.tensor([scale])
+    z = torch.tensor([zero_point], dtype=torch.int32 if isinstance(zero_point, int) else None)
+
+    def operator(x, s, z, qmin, qmax, gf, ms):
+        return torch.ops.torchqat.fake_quantize_lsq(x, s, z, qmin, qmax, None, gf, ms)
+
+    expected = _lsq_results(operator, x, s, z, quant_min, quant_max, min_scale)
+    got = _lsq_results(FakeQuantizeLsqTraceable.apply, x, s, z, quant_min, quant_max, min_scale)
+    assert _same_bits(got[0], expected[0])
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+    assert (got[3] is None and expected[3] is None) or torch.equal(got[3], expected[3])
+
+
+def _compiled_quantizer():
+    q = calibrated(QuantSpec(bits=8, symmetric=False, learnable=True), torch.randn(64) * 2)
+    with torch.no_grad():
+        q.zero_point.add_(0.4)   # a float zero point between integers
+    return q
+
+
+def test_compiled_learnable_quantizer_fuses_its_forward_and_matches_the_operator():
+    # Under torch.compile (Inductor), a per-tensor learnable quantizer of a float32 CPU tensor
+    # runs its forward as ATen operators and its backward as fake_quantize_lsq_backward: the
+    # forward operator is not called, and outputs and gradients equal the eager operator's.
+    from torch.profiler import ProfilerActivity, profile
+
+    q = _compiled_quantizer()
+    x = _edge_case_inputs(q.scale.detach().item()).reshape(2, 4, 1, -1)
+    compiled = torch.compile(lambda t: q(t * 1.0), fullgraph=True)
+    results = []
+    for fn in (lambda t: q(t * 1.0), compiled):
+        q.zero_grad()
+        xi = x.clone().requires_grad_()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = fn(xi)
+            y.backward(torch.full_like(y, 0.5))
+        ops = {e.key for e in prof.key_averages()}
+        results.append((y.detach(), xi.grad, q.scale.grad.clone(), q.zero_point.grad.clone(),
+                        ops))
+    (ye, *grads_e, ops_e), (yc, *grads_c, ops_c) = results
+    assert "torchqat::fake_quantize_lsq" in ops_e
+    assert "torchqat::fake_quantize_lsq" not in ops_c
+    assert "torchqat::fake_quantize_lsq_backward" in ops_c
+    assert _same_bits(yc, ye)
+    for a, b in zip(grads_c, grads_e):
+        assert torch.equal(a, b)
+
+
+def test_compiled_learnable_quantizer_checks_its_scale():
+    # The operator refuses a non-finite scale on the host; the compiled path asserts at run time.
+    q = _compiled_quantizer()
+    compiled = torch.compile(q, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        q.scale.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="scale must be positive and finite"):
+        compiled(torch.randn(8))
+
+
+def test_export_keeps_the_operator():
+    # torch.export's graphs keep torchqat's operator (conversion and ONNX export read it).
+    q = _compiled_quantizer()
+    exported = torch.export.export(q, (torch.randn(2, 8),))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert "torchqat.fake_quantize_lsq.default" in targets
+
+
 def test_state_dict_round_trip():
     x = torch.randn(4, 6) * 2
     spec = QuantSpec(bits=6, symmetric=False, learnable=True)

@@ -24,6 +24,13 @@ A learnable quantizer whose input comes straight from a SiLU (``x = silu(t)``, a
 CPU (conditions: :func:`silu_pre_activation`): the same forward, and a backward that writes the
 gradient with respect to ``t`` in one pass instead of LSQ's pass followed by SiLU's. A profile
 shows the fused operator where SiLU's backward used to run.
+
+Under ``torch.compile`` (not ``torch.export``), a learnable per-tensor quantizer of a float32 CPU
+tensor computes its forward with ATen operators (:class:`FakeQuantizeLsqTraceable`: the
+operator's formula, the same bits) and its backward with ``fake_quantize_lsq_backward``. Inductor
+then fuses the fake quantization into the neighbouring element-wise kernels and keeps their
+memory layout; the opaque operator made it lay each quantized activation out anew before and
+after the call (docs/benchmarks.md, session 12).
 """
 
 
@@ -38,7 +45,7 @@ from . import _ops  # noqa: F401  (loads the operator library)
 from .config import QuantSpec
 from .observers import MIN_SCALE, make_observer
 
-__all__ = ["FakeQuantizer", "MODES"]
+__all__ = ["FakeQuantizer", "FakeQuantizeLsqTraceable", "MODES"]
 
 logger = logging.getLogger("torchqat")
 
@@ -87,6 +94,52 @@ def silu_pre_activation(x: torch.Tensor) -> Optional[torch.Tensor]:
     if type(pre) is not torch.Tensor or pre.shape != x.shape or pre.dtype != x.dtype:
         return None
     return pre
+
+
+def uses_traceable_lsq(x: torch.Tensor, axis: Optional[int]) -> bool:
+    """Whether a learnable quantizer takes :class:`FakeQuantizeLsqTraceable` for ``x``: while
+    ``torch.compile`` traces (not ``torch.export``, whose graphs keep torchqat's operators), for a
+    per-tensor quantizer of a float32 CPU tensor."""
+    return (axis is None
+            and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32)
+
+
+class FakeQuantizeLsqTraceable(torch.autograd.Function):
+    """``torch.ops.torchqat.fake_quantize_lsq`` for a per-tensor float32 CPU input, with the
+    forward in ATen operators that Inductor can fuse, in the operator's order
+    (``csrc/core/fake_quant.h``): ``inv_s = 1 / s`` in float32, ``v = round_half_even(x * inv_s)
+    + z``, ``y = (clamp(v, qmin, qmax) - z) * s``, with ``s = max(scale, min_scale)`` (the
+    straight-through floor) and ``z`` the zero point rounded half to even and clamped. Same bits as
+    the operator, NaN and infinities included (tests/test_quantizers.py). The backward is the
+    operator's own, ``fake_quantize_lsq_backward``; the floored scale's gradient goes to ``scale``
+    unchanged. Value checks the operator makes on the host (a positive, finite scale; a finite
+    zero point) are runtime assertions here."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float,
+                min_scale: float):
+        s = scale.clamp_min(min_scale) if min_scale > 0.0 else scale
+        z = torch.round(zero_point.to(torch.float32)).clamp(quant_min, quant_max)
+        torch._assert_async(
+            (torch.isfinite(s) & (s > 0)).all() & torch.isfinite(zero_point).all(),
+            "fake_quantize_lsq: scale must be positive and finite and zero_point finite")
+        v = torch.round(x * torch.reciprocal(s)) + z
+        ctx.save_for_backward(x, s, zero_point)
+        ctx.qparams = (quant_min, quant_max, grad_factor)
+        return (v.clamp(quant_min, quant_max) - z) * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, s, zero_point = ctx.saved_tensors
+        quant_min, quant_max, grad_factor = ctx.qparams
+        dx, dscale, dzero_point = torch.ops.torchqat.fake_quantize_lsq_backward(
+            grad, x, s, zero_point, quant_min, quant_max, None, grad_factor)
+        if not ctx.needs_input_grad[2]:
+            dzero_point = None
+        return dx, dscale, dzero_point, None, None, None, None
 
 
 class FakeQuantizer(nn.Module):
@@ -184,6 +237,11 @@ class FakeQuantizer(nn.Module):
     def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.learnable:
             if not torch.jit.is_scripting():
+                if uses_traceable_lsq(x, self.axis):
+                    # torch.compile: a forward Inductor can fuse (module doc).
+                    return FakeQuantizeLsqTraceable.apply(
+                        x, self.scale, self.zero_point, self.quant_min, self.quant_max,
+                        self.lsq_grad_factor(x), self.min_scale)
                 pre = silu_pre_activation(x)
                 if pre is not None:
                     # x = silu(pre): the same value; the backward fuses SiLU's (module doc).
