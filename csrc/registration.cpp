@@ -9,6 +9,13 @@
 #include "ops/packed_linear.h"
 
 TORCH_LIBRARY(torchqat, m) {
+  // The element-wise fake-quant operators take inputs in any layout (non-dense ones are copied
+  // to a dense layout inside) and return results laid out like `input`, as their fake
+  // implementations say (python/torchqat/_ops.py). flexible_layout lets Inductor hand them
+  // tensors in the layout it chose (channels_last around convolutions) instead of re-laying
+  // every activation out before and after each call (docs/benchmarks.md, session 12).
+  const std::vector<at::Tag> elementwise = {at::Tag::flexible_layout};
+
   // Custom classes first: the INT8 schemas below name them.
   torchqat::ops::register_packed_linear_class();
   torchqat::ops::register_packed_conv2d_class();
@@ -23,7 +30,8 @@ TORCH_LIBRARY(torchqat, m) {
       "int quant_min, "
       "int quant_max, "
       "int? axis=None"       // None: per-tensor; else the channel axis (negative counts from end)
-      ") -> Tensor");        // input's shape, dtype and strides
+      ") -> Tensor",         // input's shape, dtype and strides
+      elementwise);
   m.def(
       "fake_quantize_backward("
       "Tensor grad, "        // input's shape
@@ -33,7 +41,8 @@ TORCH_LIBRARY(torchqat, m) {
       "int quant_min, "
       "int quant_max, "
       "int? axis=None"
-      ") -> Tensor");        // grad * mask, input's shape
+      ") -> Tensor",         // grad * mask, input's shape and strides
+      elementwise);
   // fake_quantize_backward writing grad * mask over `grad` (returns nothing: functionalization
   // takes no custom operator that returns an alias of its input). The autograd
   // backward uses it when it owns the only reference to `grad`.
@@ -62,7 +71,8 @@ TORCH_LIBRARY(torchqat, m) {
       "float min_scale=0.0"  // > 0: the forward uses max(scale, min_scale) and the scale's
                              // gradient passes the floor unchanged (straight through), as
                              // clamp_min_ste, in the same autograd node
-      ") -> Tensor");
+      ") -> Tensor",
+      elementwise);
   m.def(
       "fake_quantize_lsq_backward("
       "Tensor grad, "        // input's shape
@@ -73,9 +83,10 @@ TORCH_LIBRARY(torchqat, m) {
       "int quant_max, "
       "int? axis=None, "
       "float grad_factor=1.0"
-      ") -> (Tensor, Tensor, Tensor)");  // (grad_input: input's shape, grad_scale: scale's
-                                          //  shape and dtype, grad_zero_point: zero_point's
-                                          //  shape, float dtype)
+      ") -> (Tensor, Tensor, Tensor)",  // (grad_input: input's shape and strides, grad_scale:
+                                         //  scale's shape and dtype, grad_zero_point:
+                                         //  zero_point's shape, float dtype)
+      elementwise);
   // fake_quantize_lsq_backward writing grad_input over `grad`; returns (grad_scale,
   // grad_zero_point). The autograd backward uses it when it owns the only reference to `grad`.
   m.def(

@@ -152,6 +152,16 @@ def test_opcheck(device, generator, op_name, axis, layout):
     opcheck(getattr(ops, op_name).default, args)
 
 
+@pytest.mark.parametrize("op_name", ["fake_quantize", "fake_quantize_lsq",
+                                     "fake_quantize_backward", "fake_quantize_lsq_backward"])
+def test_elementwise_operators_accept_any_layout_under_inductor(op_name):
+    # flexible_layout: Inductor passes tensors in the layout it chose (channels_last around
+    # convolutions) instead of copying them to the eager strides. That relies on what the layout
+    # cases of test_opcheck and test_fake_quantize.py check: any input layout is accepted, and
+    # results are laid out like the input, as the fake implementations say.
+    assert torch.Tag.flexible_layout in getattr(ops, op_name).default.tags
+
+
 # ---------------------------------------------------------------------------------------------
 # TorchScript
 
