@@ -208,6 +208,60 @@ def test_autocast_and_scripting_keep_the_plain_path():
     assert scripted.input_quantizer.scale.grad is not None
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("scale_factor", [1.0, 0.8], ids=["in range", "clipped"])
+def test_compiled_adjoint_matches_eager(backend, scale_factor):
+    # Under torch.compile the adjoint path is taken too, with dense maps (_dense_maps): the
+    # output is the eager one bit for bit and the gradients agree up to summation order, and no
+    # LSQ backward runs on the convolution's input gradient (weights left in float here, so any
+    # fake_quantize_lsq_backward would be the plain path's).
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 12, 12) * 2 - 0.5
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 6, 3, padding=1, stride=2), weight_spec=None,
+                                  activation_spec=AFFINE).train()
+    tq.calibrate(conv, [x * scale_factor], progress=False)   # 0.8: some elements clip
+    twin = copy.deepcopy(conv)
+    compiled = torch.compile(conv, backend=backend, fullgraph=True)
+    g = torch.randn(2, 6, 6, 6)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = compiled(x)
+        out.backward(g)
+    assert "torchqat::fake_quantize_lsq_backward" not in {e.key for e in prof.key_averages()}
+    expected = twin(x)
+    assert expected.grad_fn.name() == ADJOINT
+    expected.backward(g)
+    assert torch.equal(out, expected)
+    for (name, p), (_, q) in zip(conv.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6 * q.grad.abs().max(),
+                                   msg=name)
+
+
+def test_export_keeps_the_plain_path():
+    # torch.export records the plain path (its graph keeps the operator with its own autograd);
+    # eager mode and torch.compile take the adjoint.
+    x = torch.rand(2, 3, 9, 9)
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 4, 3), activation_spec=AFFINE).train()
+    tq.calibrate(conv, [x], progress=False)
+    taken = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, t):
+            taken.append(uses_input_scale_adjoint(self.conv, t))
+            return self.conv(t)
+
+    Probe()(x)
+    exported = torch.export.export(Probe(), (x,))
+    assert taken == [True, False]
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert "torchqat.fake_quantize_lsq.default" in targets
+
+
 @pytest.mark.parametrize("conv_kwargs", [
     dict(stride=1, padding=1),
     dict(stride=2, padding=1),

@@ -23,11 +23,14 @@ The maps come from one pass over ``x`` (``torch.ops.torchqat.fake_quantize_lsq_i
 (the scale term of LSQ's backward with a gradient of ones) and the flat indices of the clipped
 elements, where ``m_z = -s``.
 
+Under ``torch.compile`` the maps come from ATen operators instead (``_dense_maps``: ``m_s`` and a
+dense ``m_z``, whose convolution then always runs), since the clipped elements' count is data.
+
 Used by ``QuantConv2d`` only where it was measured to pay and where the plain path is not needed:
 CPU tensors, per-tensor learnable input quantizer in ``fake_quantize`` mode, zero padding, no
-autocast, eager mode (not scripted, traced or compiled), no hooks on the input quantizer. The
-forward output is the plain path's bit for bit; the gradients agree up to float summation order
-(``tests/test_input_scale_grad.py``).
+autocast, eager mode or ``torch.compile`` (not scripted, traced or exported), no hooks on the
+input quantizer. The forward output is the plain path's bit for bit; the gradients agree up to
+float summation order (``tests/test_input_scale_grad.py``).
 """
 
 from typing import Optional
@@ -91,6 +94,27 @@ def _input_grad_at(grad_out: torch.Tensor, weight: torch.Tensor, positions: torc
     return torch.dot(g.reshape(-1), wt.reshape(-1).to(g.dtype))
 
 
+def _dense_maps(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                quant_max: int):
+    """``(m_s, m_z)`` in ATen operators, for ``torch.compile``: what
+    ``fake_quantize_lsq_input_maps`` computes (LSQ's per-element scale derivative, in the
+    kernels' order), with ``m_z = -s`` at the clipped elements as a dense tensor. NaN inputs give
+    zero in both, as in the operator."""
+    s = scale.reshape(())
+    z = torch.round(zero_point.reshape(()).to(torch.float32)).clamp(quant_min, quant_max)
+    inv_s = torch.reciprocal(s)
+    v = torch.round(x * inv_s) + z
+    below = v < quant_min
+    above = v > quant_max
+    inside = (v >= quant_min) & (v <= quant_max)
+    y = (v.clamp(quant_min, quant_max) - z) * s
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    m_s = torch.where(inside, (y - x) * inv_s,
+                      torch.where(below, quant_min - z, torch.where(above, quant_max - z, zero)))
+    m_z = torch.where(below | above, -s, zero)
+    return m_s, m_z
+
+
 class InputScaleAdjointConv2d(torch.autograd.Function):
     """``conv2d(fake_quantize_lsq(x), w, b)`` for an ``x`` that needs no gradient; the scale's and
     zero point's gradients by the adjoint identity (module docstring)."""
@@ -123,7 +147,15 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                 grad_out, y, weight, [weight.size(0)] if has_bias else None, stride, padding,
                 dilation, False, [0, 0], groups, [False, need_w, need_b and has_bias])
 
-        if need_s or need_z:
+        if (need_s or need_z) and torch.compiler.is_compiling():
+            m_s, m_z = _dense_maps(x, scale, zero_point, quant_min, quant_max)
+            if need_s:
+                total = _adjoint_sum(grad_out, m_s, weight, stride, padding, dilation, groups)
+                grad_s = (total * grad_factor).reshape(scale.shape).to(scale.dtype)
+            if need_z:
+                total = _adjoint_sum(grad_out, m_z, weight, stride, padding, dilation, groups)
+                grad_z = (total * grad_factor).reshape(zero_point.shape).to(zero_point.dtype)
+        elif need_s or need_z:
             # One pass over x: m_s, and the flat indices of the clipped elements (where m_z is
             # -s; it is zero everywhere else).
             m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(
@@ -174,6 +206,6 @@ def uses_input_scale_adjoint(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and not nn.modules.module._global_forward_hooks
         and not nn.modules.module._global_forward_pre_hooks
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
         and not torch.jit.is_tracing()
     )
