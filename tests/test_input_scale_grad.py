@@ -208,6 +208,25 @@ def test_autocast_and_scripting_keep_the_plain_path():
     assert scripted.input_quantizer.scale.grad is not None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_maps_equal_the_operator_maps(dtype):
+    # torch.compile's maps (ATen operators) against fake_quantize_lsq_input_maps, bit for bit:
+    # m_s everywhere, and the dense m_z against -s at the operator's clipped indices.
+    from torchqat.nn.input_scale_grad import _dense_maps
+
+    torch.manual_seed(0)
+    s, z = torch.tensor([0.037]), torch.tensor([3.4])
+    x = torch.cat([torch.randn(5000) * 5, (torch.arange(-300, 300) + 0.5) * 0.037,
+                   torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])])
+    x = x.to(dtype).reshape(1, 1, 1, -1)
+    m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(x, s, z, 0, 255)
+    dense_s, dense_z = _dense_maps(x, s, z, 0, 255)
+    assert clipped.numel() > 0
+    expected_z = torch.zeros(x.numel(), dtype=dtype).index_fill_(0, clipped, -s.item())
+    assert dense_s.dtype == dtype and torch.equal(dense_s, m_s)
+    assert torch.equal(dense_z, expected_z.view_as(x))
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("scale_factor", [1.0, 0.8], ids=["in range", "clipped"])
 def test_compiled_adjoint_matches_eager(backend, scale_factor):

@@ -99,9 +99,10 @@ def _dense_maps(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, 
     """``(m_s, m_z)`` in ATen operators, for ``torch.compile``: what
     ``fake_quantize_lsq_input_maps`` computes (LSQ's per-element scale derivative, in the
     kernels' order), with ``m_z = -s`` at the clipped elements as a dense tensor. NaN inputs give
-    zero in both, as in the operator."""
-    s = scale.reshape(())
-    z = torch.round(zero_point.reshape(()).to(torch.float32)).clamp(quant_min, quant_max)
+    zero in both, as in the operator. Computed in ``x``'s dtype (float32, or float64 as the
+    kernels do for float64 inputs)."""
+    s = scale.reshape(()).to(x.dtype)
+    z = torch.round(zero_point.reshape(()).to(x.dtype)).clamp(quant_min, quant_max)
     inv_s = torch.reciprocal(s)
     v = torch.round(x * inv_s) + z
     below = v < quant_min
