@@ -15,7 +15,8 @@ more, torch's default). The ratio to float depends on it: float's convolutions g
 second thread than the memory-bound fake-quant passes do, so the summary prints each.
 
 --compile: for the detector, also float and torchqat under torch.compile (the whole module
-compiled; Inductor fuses float's element-wise passes, torchqat's operators stay opaque calls).
+compiled; Inductor fuses float's element-wise passes and torchqat's traceable fake-quant forward,
+FakeQuantizeLsqTraceable; the LSQ backward stays an opaque operator call).
 
 --breakdown: for the detector, also where torchqat's extra time goes. The same QAT model with
 groups of quantizers switched to pass_through (weights, layer inputs, only the model's input),

@@ -12,10 +12,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_qat_step_runs_and_prints_its_summary():
+def _script_env():
+    """The environment a benchmark script runs in: this checkout's torchqat first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(ROOT, "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+def test_bench_qat_step_runs_and_prints_its_summary():
+    env = _script_env()
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_qat_step.py"), "--threads", "1",
          "--reps", "1", "--breakdown"], capture_output=True, text=True, env=env, timeout=600)
@@ -65,9 +70,7 @@ def test_copy_floor_model_computes_the_float_model():
 
 
 def test_bench_fake_quant_dram_runs_and_checks_its_arguments():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = _script_env()
     script = os.path.join(ROOT, "benchmarks", "bench_fake_quant_dram.py")
     run = subprocess.run([sys.executable, script, "--shape", "2,3,8,8", "--count", "2", "--reps",
                           "1"], capture_output=True, text=True, env=env, timeout=300)

@@ -107,12 +107,25 @@ def uses_traceable_lsq(x: torch.Tensor, axis: Optional[int]) -> bool:
             and x.dtype == torch.float32)
 
 
+def fake_quantize_aten(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                       quant_min: int, quant_max: int):
+    """The fake-quant operators' forward in ATen operators, in ``csrc/core/fake_quant.h``'s order
+    and in ``x``'s dtype (the kernels compute float64 inputs in float64), for graphs Inductor
+    fuses. ``scale`` is used as given (floor it first). Returns ``(v, y, s, z, inv_s)``: ``v =
+    round_half_even(x * inv_s) + z`` before the clamp (for the in-range masks of LSQ's
+    gradients), ``y = (clamp(v, quant_min, quant_max) - z) * s``, and the scale, the zero point
+    (rounded half to even, clamped) and ``inv_s = 1 / s`` in ``x``'s dtype."""
+    s = scale.to(x.dtype)
+    z = torch.round(zero_point.to(x.dtype)).clamp(quant_min, quant_max)
+    inv_s = torch.reciprocal(s)
+    v = torch.round(x * inv_s) + z
+    return v, (v.clamp(quant_min, quant_max) - z) * s, s, z, inv_s
+
+
 class FakeQuantizeLsqTraceable(torch.autograd.Function):
     """``torch.ops.torchqat.fake_quantize_lsq`` for a per-tensor float32 CPU input, with the
-    forward in ATen operators that Inductor can fuse, in the operator's order
-    (``csrc/core/fake_quant.h``): ``inv_s = 1 / s`` in float32, ``v = round_half_even(x * inv_s)
-    + z``, ``y = (clamp(v, qmin, qmax) - z) * s``, with ``s = max(scale, min_scale)`` (the
-    straight-through floor) and ``z`` the zero point rounded half to even and clamped. Same bits as
+    forward in ATen operators that Inductor can fuse (:func:`fake_quantize_aten`), with ``s =
+    max(scale, min_scale)`` (the straight-through floor). Same bits as
     the operator, NaN and infinities included (tests/test_quantizers.py). The backward is the
     operator's own, ``fake_quantize_lsq_backward``; the floored scale's gradient goes to ``scale``
     unchanged. Value checks the operator makes on the host (a positive, finite scale; a finite
@@ -122,14 +135,12 @@ class FakeQuantizeLsqTraceable(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float,
                 min_scale: float):
         s = scale.clamp_min(min_scale) if min_scale > 0.0 else scale
-        z = torch.round(zero_point.to(torch.float32)).clamp(quant_min, quant_max)
         torch._assert_async(
             (torch.isfinite(s) & (s > 0)).all() & torch.isfinite(zero_point).all(),
             "fake_quantize_lsq: scale must be positive and finite and zero_point finite")
-        v = torch.round(x * torch.reciprocal(s)) + z
         ctx.save_for_backward(x, s, zero_point)
         ctx.qparams = (quant_min, quant_max, grad_factor)
-        return (v.clamp(quant_min, quant_max) - z) * s
+        return fake_quantize_aten(x, s, zero_point, quant_min, quant_max)[1]
 
     @staticmethod
     def backward(ctx, grad):

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quantizers import FakeQuantizer
+from ..quantizers import FakeQuantizer, fake_quantize_aten
 
 __all__ = ["InputScaleAdjointConv2d", "uses_input_scale_adjoint"]
 
@@ -101,14 +101,11 @@ def _dense_maps(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, 
     kernels' order), with ``m_z = -s`` at the clipped elements as a dense tensor. NaN inputs give
     zero in both, as in the operator. Computed in ``x``'s dtype (float32, or float64 as the
     kernels do for float64 inputs)."""
-    s = scale.reshape(()).to(x.dtype)
-    z = torch.round(zero_point.reshape(()).to(x.dtype)).clamp(quant_min, quant_max)
-    inv_s = torch.reciprocal(s)
-    v = torch.round(x * inv_s) + z
+    v, y, s, z, inv_s = fake_quantize_aten(x, scale.reshape(()), zero_point.reshape(()),
+                                           quant_min, quant_max)
     below = v < quant_min
     above = v > quant_max
     inside = (v >= quant_min) & (v <= quant_max)
-    y = (v.clamp(quant_min, quant_max) - z) * s
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     m_s = torch.where(inside, (y - x) * inv_s,
                       torch.where(below, quant_min - z, torch.where(above, quant_max - z, zero)))
@@ -148,24 +145,24 @@ class InputScaleAdjointConv2d(torch.autograd.Function):
                 grad_out, y, weight, [weight.size(0)] if has_bias else None, stride, padding,
                 dilation, False, [0, 0], groups, [False, need_w, need_b and has_bias])
 
-        if (need_s or need_z) and torch.compiler.is_compiling():
-            m_s, m_z = _dense_maps(x, scale, zero_point, quant_min, quant_max)
+        if need_s or need_z:
+            if torch.compiler.is_compiling():
+                # The count of clipped elements is data: dense maps (module docstring).
+                m_s, m_z = _dense_maps(x, scale, zero_point, quant_min, quant_max)
+            else:
+                # One pass over x: m_s, and the flat indices of the clipped elements (where m_z
+                # is -s; it is zero everywhere else).
+                m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(
+                    x, scale, zero_point, quant_min, quant_max)
+                m_z = None
             if need_s:
                 total = _adjoint_sum(grad_out, m_s, weight, stride, padding, dilation, groups)
                 grad_s = (total * grad_factor).reshape(scale.shape).to(scale.dtype)
-            if need_z:
+            if need_z and m_z is not None:
                 total = _adjoint_sum(grad_out, m_z, weight, stride, padding, dilation, groups)
                 grad_z = (total * grad_factor).reshape(zero_point.shape).to(zero_point.dtype)
-        elif need_s or need_z:
-            # One pass over x: m_s, and the flat indices of the clipped elements (where m_z is
-            # -s; it is zero everywhere else).
-            m_s, clipped = torch.ops.torchqat.fake_quantize_lsq_input_maps(
-                x, scale, zero_point, quant_min, quant_max)
-            s = scale.reshape(())
-            if need_s:
-                total = _adjoint_sum(grad_out, m_s, weight, stride, padding, dilation, groups)
-                grad_s = (total * grad_factor).reshape(scale.shape).to(scale.dtype)
-            if need_z:
+            elif need_z:
+                s = scale.reshape(())
                 grad_z = torch.zeros(zero_point.shape, dtype=torch.float32,
                                      device=zero_point.device)
                 if clipped.numel() > 0:
